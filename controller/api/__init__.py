@@ -1,0 +1,1 @@
+"""Control socket server (JSON lines over a Unix socket)."""

@@ -1,0 +1,1 @@
+"""Device drivers: the only code that talks to hardware libraries."""

@@ -1,0 +1,1 @@
+"""Modbus relay/IO boards over pymodbus (the only package that imports pymodbus)."""

@@ -1,0 +1,1 @@
+"""Transports: serial-by-URL, pure backoff, link supervision."""

@@ -1,0 +1,1 @@
+"""Device simulators that speak the real wire protocols, for tests, rigs and the demo."""
