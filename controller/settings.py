@@ -2,29 +2,98 @@
 
 Validation happens once, here. Every defect becomes a Problem naming the file, the key path
 (``doors[3].relay.coil``) and what was expected; ``load_settings`` raises one ConfigError
-carrying all of them, so a technician fixes the whole file in one pass.
+carrying all of them, so a technician fixes the whole file in one pass. Numbers and booleans
+are strict (``port = "502"`` is an error, not a guess); cross-checks (duplicate names, shared
+coils, dangling board references, io beyond a board's count) also run on the entries that
+validated when others did not, so one pass reports as much as it can.
+
+``python -m controller.settings --schema`` prints the JSON schema (``config/site.schema.json``).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import difflib
+import json
+import re
+import reprlib
+import sys
 import tomllib
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+from pydantic_core import PydanticCustomError
 
 from controller.errors import ConfigError, Problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 DEMO_SITE_RESOURCE = "demo-site.toml"
+MAX_FILE_BYTES = 4 * 1024 * 1024
+UNIX_SOCKET_PATH_MAX = 107  # sun_path holds 108 bytes including the terminating NUL
+
+
+def _path_text(value: object) -> object:
+    """Accept a non-empty path string without NUL (or a Path built in code)."""
+    if isinstance(value, Path):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a path string")
+    if not value.strip():
+        raise ValueError("expected a non-empty path")
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    return value
+
+
+def _socket_length(value: Path) -> Path:
+    """Reject a Unix socket path the kernel cannot bind."""
+    size = len(str(value).encode("utf-8", "surrogatepass"))
+    if size > UNIX_SOCKET_PATH_MAX:
+        raise PydanticCustomError(
+            "socket_path_too_long",
+            "a Unix socket path must be at most {max} bytes (got {size})",
+            {"max": UNIX_SOCKET_PATH_MAX, "size": size},
+        )
+    return value
+
+
+def _no_blank(value: str) -> str:
+    """Reject empty strings and strings with spaces or control characters."""
+    if not value or any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("expected a non-empty value without spaces or control characters")
+    return value
+
+
+def _int_only(value: object) -> object:
+    """Refuse booleans and floats where a Literal of integers is expected."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("expected an integer")
+    return value
+
+
+FilePath = Annotated[Path, BeforeValidator(_path_text)]
+SocketPath = Annotated[Path, BeforeValidator(_path_text), AfterValidator(_socket_length)]
+Token = Annotated[str, AfterValidator(_no_blank)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 class LockType(StrEnum):
@@ -37,42 +106,96 @@ class LockType(StrEnum):
 class ControllerSettings(_Model):
     """Identity of this controller and where it keeps its runtime files."""
 
-    id: Name
-    socket: Path = Path("/run/warding/control.sock")
-    journal: Path = Path("/var/lib/warding/journal.db")
-    log_level: Literal["trace", "debug", "info", "warning", "error"] = "info"
-    watchdog_interval_s: float = Field(default=5.0, gt=0, le=300)
-    shutdown_timeout_s: float = Field(default=4.0, gt=0, le=60)
+    id: Name = Field(description="Name of this controller on the site (journal, MQTT topics).")
+    socket: SocketPath = Field(
+        default=Path("/run/warding/control.sock"),
+        description="Unix socket of the control API (at most 107 bytes).",
+    )
+    journal: FilePath = Field(
+        default=Path("/var/lib/warding/journal.db"),
+        description="SQLite journal file.",
+    )
+    log_level: Literal["trace", "debug", "info", "warning", "error"] = Field(
+        default="info", description="Lowest level logged."
+    )
+    watchdog_interval_s: float = Field(
+        default=5.0, gt=0, le=300, strict=True, description="Seconds between watchdog pings."
+    )
+    shutdown_timeout_s: float = Field(
+        default=4.0,
+        gt=0,
+        le=60,
+        strict=True,
+        description="Seconds allowed to put doors in their safe state and stop.",
+    )
 
 
 class _BoardBase(_Model):
-    name: Name
-    unit_id: int = Field(default=1, ge=0, le=247)
-    coils: int = Field(default=16, ge=1, le=1968)
-    inputs: int = Field(default=16, ge=1, le=2000)
-    timeout_ms: int = Field(default=500, ge=10, le=60_000)
-    poll_interval_ms: int = Field(default=50, ge=5, le=60_000)
-    backoff_initial_ms: int = Field(default=100, ge=1, le=60_000)
-    backoff_max_ms: int = Field(default=5_000, ge=1, le=600_000)
+    name: Name = Field(description="Name that doors use to refer to this board.")
+    unit_id: int = Field(
+        default=1, ge=0, le=247, strict=True, description="Modbus unit (slave) id."
+    )
+    coils: int = Field(
+        default=16, ge=1, le=1968, strict=True, description="Number of relay outputs (coils)."
+    )
+    inputs: int = Field(
+        default=16, ge=1, le=2000, strict=True, description="Number of discrete inputs."
+    )
+    timeout_ms: int = Field(
+        default=500, ge=10, le=60_000, strict=True, description="Reply timeout per request."
+    )
+    poll_interval_ms: int = Field(
+        default=50, ge=5, le=60_000, strict=True, description="Period of the input poll."
+    )
+    backoff_initial_ms: int = Field(
+        default=100, ge=1, le=60_000, strict=True, description="First reconnect delay."
+    )
+    backoff_max_ms: int = Field(
+        default=5_000,
+        ge=1,
+        le=600_000,
+        strict=True,
+        description="Cap of the reconnect delay (>= backoff_initial_ms).",
+    )
 
 
 class TcpBoardSettings(_BoardBase):
     """A Modbus TCP relay/IO board."""
 
-    transport: Literal["tcp"]
-    host: str = Field(min_length=1)
-    port: int = Field(default=502, ge=1, le=65535)
+    transport: Literal["tcp"] = Field(description="'tcp' for Modbus TCP.")
+    host: Token = Field(description="Host name or IP address of the board.")
+    port: int = Field(default=502, ge=1, le=65535, strict=True, description="TCP port.")
+    unit_id: int = Field(
+        default=1,
+        ge=0,
+        le=255,
+        strict=True,
+        description="Modbus unit id (0-255 on TCP; many boards ignore it).",
+    )
 
 
 class RtuBoardSettings(_BoardBase):
     """A Modbus RTU relay/IO board on a serial line (device path or socket://host:port)."""
 
-    transport: Literal["rtu"]
-    device: str = Field(min_length=1)
-    baudrate: int = Field(default=19200, ge=300, le=4_000_000)
-    parity: Literal["N", "E", "O"] = "N"
-    stop_bits: Literal[1, 2] = 1
-    byte_size: Literal[7, 8] = 8
+    transport: Literal["rtu"] = Field(description="'rtu' for Modbus RTU on a serial line.")
+    device: Token = Field(description="Serial device path, or socket://host:port.")
+    baudrate: int = Field(
+        default=19200, ge=300, le=4_000_000, strict=True, description="Line speed in baud."
+    )
+    parity: Literal["N", "E", "O"] = Field(default="N", description="N(one), E(ven) or O(dd).")
+    stop_bits: Annotated[Literal[1, 2], BeforeValidator(_int_only)] = Field(
+        default=1, description="Stop bits."
+    )
+    byte_size: Annotated[Literal[7, 8], BeforeValidator(_int_only)] = Field(
+        default=8, description="Data bits."
+    )
+    unit_id: int = Field(
+        default=1,
+        ge=1,
+        le=247,
+        strict=True,
+        description="Modbus unit (slave) address on the line (0 is broadcast: not allowed).",
+    )
 
 
 BoardSettings = Annotated[TcpBoardSettings | RtuBoardSettings, Field(discriminator="transport")]
@@ -81,47 +204,56 @@ BoardSettings = Annotated[TcpBoardSettings | RtuBoardSettings, Field(discriminat
 class CoilRef(_Model):
     """A relay output on a board."""
 
-    board: Name
-    coil: int = Field(ge=0, le=65535)
+    board: Name = Field(description="Name of a board in [[boards]].")
+    coil: int = Field(ge=0, le=65535, strict=True, description="Coil address, from 0.")
 
 
 class InputRef(_Model):
     """A discrete input on a board; ``invert`` when the input reads False for 'active'."""
 
-    board: Name
-    input: int = Field(ge=0, le=65535)
-    invert: bool = False
+    board: Name = Field(description="Name of a board in [[boards]].")
+    input: int = Field(ge=0, le=65535, strict=True, description="Input address, from 0.")
+    invert: bool = Field(
+        default=False, strict=True, description="True when the input reads off when active."
+    )
 
 
 class DoorSettings(_Model):
     """One door: its lock relay, its inputs and its timing."""
 
-    name: Name
-    zone: Name = "default"
-    lock: LockType
-    relay: CoilRef
-    contact: InputRef | None = None
-    rex: InputRef | None = None
-    tamper: InputRef | None = None
-    pulse_s: float = Field(default=5.0, gt=0, le=3600)
-    held_open_s: float = Field(default=30.0, gt=0, le=86_400)
-    rex_unlocks: bool = True
-    rex_pulse_s: float = Field(default=5.0, gt=0, le=3600)
-
-    @field_validator("lock", mode="before")
-    @classmethod
-    def _lock_names(cls, value: object) -> object:
-        if isinstance(value, str) and value not in {t.value for t in LockType}:
-            raise ValueError("expected 'fail-safe' or 'fail-secure'")
-        return value
+    name: Name = Field(description="Name of the door, unique on the site.")
+    zone: Name = Field(default="default", description="Lockdown zone of the door.")
+    lock: LockType = Field(description="Physical lock type: 'fail-safe' or 'fail-secure'.")
+    relay: CoilRef = Field(description="Relay that drives the lock.")
+    contact: InputRef | None = Field(
+        default=None, description="Door position switch: active = door open."
+    )
+    rex: InputRef | None = Field(default=None, description="Request-to-exit: active = pressed.")
+    tamper: InputRef | None = Field(default=None, description="Tamper switch: active = tampered.")
+    pulse_s: float = Field(
+        default=5.0, gt=0, le=3600, strict=True, description="Unlock time after a grant."
+    )
+    held_open_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        strict=True,
+        description="Time the door may stay open before a held-open alarm.",
+    )
+    rex_unlocks: bool = Field(
+        default=True, strict=True, description="Whether REX releases the lock (free egress)."
+    )
+    rex_pulse_s: float = Field(
+        default=5.0, gt=0, le=3600, strict=True, description="Unlock time after a REX."
+    )
 
 
 class Settings(_Model):
     """The whole site file."""
 
-    controller: ControllerSettings
-    boards: tuple[BoardSettings, ...] = Field(min_length=1)
-    doors: tuple[DoorSettings, ...] = Field(min_length=1)
+    controller: ControllerSettings = Field(description="This controller.")
+    boards: tuple[BoardSettings, ...] = Field(min_length=1, description="Modbus relay/IO boards.")
+    doors: tuple[DoorSettings, ...] = Field(min_length=1, description="Doors.")
 
     def board(self, name: str) -> TcpBoardSettings | RtuBoardSettings:
         """Return the board called ``name`` (KeyError if absent)."""
@@ -138,8 +270,54 @@ class Settings(_Model):
         raise KeyError(name)
 
 
+_Board = TcpBoardSettings | RtuBoardSettings
+_BOARD_ADAPTER: TypeAdapter[_Board] = TypeAdapter(BoardSettings)
+_DISCRIMINATOR = "transport"
+_TAGS = frozenset({"tcp", "rtu"})
+_SECTIONS = ("controller", "boards", "doors")
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = 40
+_SHOW.maxother = 40
+_SHOW.maxlevel = 2
+_SHOW.maxlist = 4
+_SHOW.maxtuple = 4
+_SHOW.maxdict = 4
+_SHOW.maxlong = 40
+
+_KIND_MESSAGES = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "finite_number": "expected a finite number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "dict_type": "expected a table",
+    "tuple_type": "expected an array",
+    "list_type": "expected an array",
+    "string_too_short": "expected a non-empty string",
+}
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _format_loc(loc: Sequence[int | str], discriminated: frozenset[str]) -> str:
-    """Render a pydantic location as ``doors[3].relay.coil`` (dropping union tags)."""
+    """Render a pydantic location as ``doors[3].relay.coil`` (dropping union tags).
+
+    A key that is not a bare TOML key is quoted (``controller."a b"``), so a path is one line.
+    """
     out = ""
     prev: int | str | None = None
     for part in loc:
@@ -148,42 +326,146 @@ def _format_loc(loc: Sequence[int | str], discriminated: frozenset[str]) -> str:
         elif isinstance(prev, int) and part in discriminated:
             pass  # the tag of a discriminated union, e.g. boards[1].tcp.port
         else:
-            out += f".{part}" if out else str(part)
+            key = str(part)
+            if not _BARE_KEY.fullmatch(key):
+                key = json.dumps(key)
+            out += f".{key}" if out else key
         prev = part
     return out
 
 
-def _describe(err: Mapping[str, Any]) -> str:
-    kind = err.get("type", "")
-    if kind == "extra_forbidden":
+def _models_in(tp: Any) -> list[type[BaseModel]]:
+    """The models a field annotation holds (through Annotated, unions, tuples, Optional)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Annotated:
+        return _models_in(args[0])
+    if origin in (typing.Union, types.UnionType, tuple, list):
+        return [m for a in args if a is not Ellipsis for m in _models_in(a)]
+    return []
+
+
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The model that a pydantic location (without its last part) points into."""
+    models: list[type[BaseModel]] = [Settings]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if len(models) > 1:  # a discriminated union: the next part is the tag
+            models = [
+                m
+                for m in models
+                if part in typing.get_args(m.model_fields[_DISCRIMINATOR].annotation)
+            ]
+            continue
+        if len(models) != 1 or part not in models[0].model_fields:
+            return None
+        models = _models_in(models[0].model_fields[part].annotation)
+    return models[0] if len(models) == 1 else None
+
+
+def _unknown_key(loc: Sequence[int | str]) -> str:
+    model = _model_at(loc[:-1])
+    if model is None:
         return "unknown key"
+    allowed = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+    if close:
+        return f"unknown key (did you mean {close[0]!r}?)"
+    return f"unknown key; expected one of: {', '.join(allowed)}"
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    """One human message for one pydantic error: what was expected, and what was found."""
+    kind = str(err.get("type", ""))
+    ctx: Mapping[str, Any] = err.get("ctx") or {}
+    show_input = True
+    if kind == "extra_forbidden":
+        return _unknown_key(err["loc"])
     if kind == "missing":
         return "required key is missing"
-    if kind == "string_pattern_mismatch":
-        return (
-            "expected a name of lowercase letters, digits, '-', '_' or '.' "
-            f"(got {err.get('input')!r})"
-        )
-    msg = str(err.get("msg", "invalid value"))
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if "input" in err and kind not in {"union_tag_invalid", "model_type"}:
-        shown = repr(err["input"])
-        if len(shown) > 40:
-            shown = shown[:37] + "..."
-        msg = f"{msg} (got {shown})"
+    if kind == "union_tag_not_found":
+        return f"required key is missing; expected {_tags(ctx)}"
+    if kind == "socket_path_too_long":
+        return str(err.get("msg"))
+    if kind == "union_tag_invalid":
+        msg = f"expected {_tags(ctx)} (got {_shown(ctx.get('tag'))})"
+        show_input = False
+    elif kind == "string_pattern_mismatch":
+        msg = "expected a name: 1-63 of a-z 0-9 '-' '_' '.', starting with a letter or digit"
+    elif kind in _KIND_MESSAGES:
+        msg = _KIND_MESSAGES[kind]
+    elif kind in _BOUNDS:
+        key, op = _BOUNDS[kind]
+        msg = f"expected a value {op} {_number(ctx.get(key))}"
+    elif kind == "too_short":
+        n = int(ctx.get("min_length", 1))
+        msg = "expected at least one entry" if n == 1 else f"expected at least {n} entries"
+    else:
+        msg = str(err.get("msg", "invalid value"))
+        msg = msg.removeprefix("Value error, ")
+        if msg.startswith("Input should be "):
+            msg = "expected " + msg[len("Input should be ") :]
+    if show_input and "input" in err:
+        msg = f"{msg} (got {_shown(err['input'])})"
     return msg
 
 
-def _cross_check(settings: Settings, file: str) -> list[Problem]:
-    """Problems no single field can see: duplicates, dangling references, out-of-range io."""
+def _tags(ctx: Mapping[str, Any]) -> str:
+    expected = str(ctx.get("expected_tags", "'tcp', 'rtu'"))
+    return f"{_DISCRIMINATOR} = {expected.replace(', ', ' or ')}"
+
+
+def _number(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _shown(value: object) -> str:
+    try:
+        return _SHOW.repr(value)
+    except Exception:  # noqa: BLE001 - a hostile __repr__ must not hide the real problem
+        return f"a {type(value).__name__}"
+
+
+def _order(problem: Problem) -> tuple[int, int]:
+    """Sort key: document order by section, then by array index."""
+    m = re.match(r"([^.\[]*)(?:\[(\d+)\])?", problem.path)
+    head, index = (m.group(1), m.group(2)) if m else ("", None)
+    if not problem.path:
+        rank = -1
+    elif head in _SECTIONS:
+        rank = _SECTIONS.index(head)
+    else:
+        rank = len(_SECTIONS)
+    return rank, int(index) if index is not None else -1
+
+
+def _cross_check(
+    controller: ControllerSettings | None,
+    boards: Sequence[tuple[int, _Board]],
+    doors: Sequence[tuple[int, DoorSettings]],
+    file: str,
+    broken_boards: frozenset[str] | None = frozenset(),
+) -> list[Problem]:
+    """Problems no single field can see: duplicates, dangling references, out-of-range io.
+
+    ``boards`` and ``doors`` are the entries that validated, with their index in the file;
+    references to ``broken_boards`` (present but invalid) are neither dangling nor checked,
+    and ``None`` means the board names are unknown, so no reference is called dangling.
+    """
     problems: list[Problem] = []
-    boards: dict[str, TcpBoardSettings | RtuBoardSettings] = {}
+    if controller is not None and controller.socket == controller.journal:
+        problems.append(Problem("controller.journal", "must differ from controller.socket", file))
+    by_name: dict[str, _Board] = {}
     endpoints: dict[str, str] = {}
-    for i, b in enumerate(settings.boards):
-        if b.name in boards:
+    for i, b in boards:
+        if b.name in by_name:
             problems.append(Problem(f"boards[{i}].name", f"duplicate board name {b.name!r}", file))
-        boards[b.name] = b
+        by_name.setdefault(b.name, b)
         if isinstance(b, TcpBoardSettings):
             endpoint = f"tcp:{b.host}:{b.port}:{b.unit_id}"
         else:
@@ -191,7 +473,7 @@ def _cross_check(settings: Settings, file: str) -> list[Problem]:
         if endpoint in endpoints:
             problems.append(
                 Problem(
-                    f"boards[{i}]",
+                    f"boards[{i}].unit_id",
                     f"same address and unit id as board {endpoints[endpoint]!r}",
                     file,
                 )
@@ -199,10 +481,15 @@ def _cross_check(settings: Settings, file: str) -> list[Problem]:
         endpoints.setdefault(endpoint, b.name)
         if b.backoff_max_ms < b.backoff_initial_ms:
             problems.append(
-                Problem(f"boards[{i}].backoff_max_ms", "must be >= backoff_initial_ms", file)
+                Problem(
+                    f"boards[{i}].backoff_max_ms",
+                    f"expected a value >= backoff_initial_ms ({b.backoff_initial_ms}) "
+                    f"(got {b.backoff_max_ms})",
+                    file,
+                )
             )
     rtu_lines: dict[str, RtuBoardSettings] = {}
-    for i, b in enumerate(settings.boards):
+    for i, b in boards:
         if isinstance(b, RtuBoardSettings):
             first = rtu_lines.setdefault(b.device, b)
             if (first.baudrate, first.parity, first.stop_bits, first.byte_size) != (
@@ -218,25 +505,31 @@ def _cross_check(settings: Settings, file: str) -> list[Problem]:
                         file,
                     )
                 )
-    names: set[str] = set()
+    known = [*by_name, *sorted(set(broken_boards or ()) - set(by_name))]
+    names: dict[str, int] = {}
     coils: dict[tuple[str, int], str] = {}
     inputs: dict[tuple[str, int], str] = {}
-    for i, d in enumerate(settings.doors):
+    for i, d in doors:
         if d.name in names:
-            problems.append(Problem(f"doors[{i}].name", f"duplicate door name {d.name!r}", file))
-        names.add(d.name)
-        board = boards.get(d.relay.board)
-        if board is None:
             problems.append(
-                Problem(f"doors[{i}].relay.board", f"undefined board {d.relay.board!r}", file)
+                Problem(
+                    f"doors[{i}].name",
+                    f"duplicate door name {d.name!r} (first at doors[{names[d.name]}])",
+                    file,
+                )
             )
-        else:
-            if d.relay.coil >= board.coils:
+        names.setdefault(d.name, i)
+        board = by_name.get(d.relay.board)
+        if board is None and broken_boards is not None and d.relay.board not in broken_boards:
+            problems.append(
+                Problem(f"doors[{i}].relay.board", _undefined(d.relay.board, known), file)
+            )
+        else:  # a valid board, or one present but invalid: sharing is a conflict all the same
+            if board is not None and d.relay.coil >= board.coils:
                 problems.append(
                     Problem(
                         f"doors[{i}].relay.coil",
-                        f"board {board.name!r} has coils 0..{board.coils - 1} "
-                        f"(got {d.relay.coil})",
+                        f"board {board.name!r} has coils 0..{board.coils - 1} (got {d.relay.coil})",
                         file,
                     )
                 )
@@ -255,13 +548,13 @@ def _cross_check(settings: Settings, file: str) -> list[Problem]:
             ref: InputRef | None = getattr(d, field)
             if ref is None:
                 continue
-            rb = boards.get(ref.board)
-            if rb is None:
+            rb = by_name.get(ref.board)
+            if rb is None and broken_boards is not None and ref.board not in broken_boards:
                 problems.append(
-                    Problem(f"doors[{i}].{field}.board", f"undefined board {ref.board!r}", file)
+                    Problem(f"doors[{i}].{field}.board", _undefined(ref.board, known), file)
                 )
                 continue
-            if ref.input >= rb.inputs:
+            if rb is not None and ref.input >= rb.inputs:
                 problems.append(
                     Problem(
                         f"doors[{i}].{field}.input",
@@ -283,39 +576,128 @@ def _cross_check(settings: Settings, file: str) -> list[Problem]:
     return problems
 
 
+def _undefined(name: str, boards: Sequence[str]) -> str:
+    known = ", ".join(repr(n) for n in boards) or "none"
+    return f"undefined board {name!r} (boards: {known})"
+
+
+def _salvage(
+    document: Mapping[str, Any],
+) -> tuple[
+    ControllerSettings | None,
+    list[tuple[int, _Board]],
+    list[tuple[int, DoorSettings]],
+    frozenset[str] | None,
+]:
+    """Validate each entry on its own, so cross-checks can run beside field errors."""
+    controller: ControllerSettings | None = None
+    with contextlib.suppress(ValidationError):
+        controller = ControllerSettings.model_validate(document.get("controller"))
+    boards: list[tuple[int, _Board]] = []
+    broken: set[str] | None = set()
+    raw_boards = document.get("boards")
+    if not isinstance(raw_boards, list | tuple):
+        broken = None
+    else:
+        for i, item in enumerate(raw_boards):
+            try:
+                boards.append((i, _BOARD_ADAPTER.validate_python(item)))
+            except ValidationError:
+                if isinstance(item, Mapping) and isinstance(item.get("name"), str):
+                    if broken is not None:
+                        broken.add(item["name"])
+                else:
+                    broken = None  # a board whose name is unreadable: any name may be it
+    doors: list[tuple[int, DoorSettings]] = []
+    raw_doors = document.get("doors")
+    if isinstance(raw_doors, list | tuple):
+        for i, item in enumerate(raw_doors):
+            try:
+                doors.append((i, DoorSettings.model_validate(item)))
+            except ValidationError:
+                sketch = _door_sketch(item)
+                if sketch is not None:
+                    doors.append((i, sketch))
+    return controller, boards, doors, None if broken is None else frozenset(broken)
+
+
+def _door_sketch(item: object) -> DoorSettings | None:
+    """The name and io references of an invalid door, if they are readable (for cross-checks)."""
+    if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+        return None
+    try:
+        relay = CoilRef.model_validate(item.get("relay"))
+    except ValidationError:
+        return None
+    refs: dict[str, InputRef | None] = {}
+    for role in ("contact", "rex", "tamper"):
+        try:
+            refs[role] = InputRef.model_validate(item.get(role))
+        except ValidationError:
+            refs[role] = None
+    return DoorSettings.model_construct(
+        name=item["name"],
+        lock=LockType.FAIL_SECURE,
+        relay=relay,
+        contact=refs["contact"],
+        rex=refs["rex"],
+        tamper=refs["tamper"],
+    )
+
+
 def parse_settings(document: Mapping[str, Any], file: str = "<config>") -> Settings:
     """Validate an already-parsed document; raise ConfigError listing every problem."""
     if not isinstance(document, Mapping):
-        raise ConfigError([Problem("", "expected a table at the top level", file)])
+        raise ConfigError(
+            [
+                Problem(
+                    "",
+                    f"expected a table at the top level (got {type(document).__name__})",
+                    file,
+                )
+            ]
+        )
+    if not document:
+        raise ConfigError(
+            [Problem("", "no settings; expected [controller], [[boards]] and [[doors]]", file)]
+        )
     try:
-        settings = Settings.model_validate(document)
+        settings = Settings.model_validate(dict(document))
     except ValidationError as exc:
-        tags = frozenset({"tcp", "rtu"})
         errors = exc.errors(include_url=False)
         locs = [tuple(e["loc"]) for e in errors]
-        problems = [
-            Problem(_format_loc(err["loc"], tags), _describe(err), file)
-            for err in errors
+        problems = []
+        for err in errors:
+            loc = tuple(err["loc"])
             # a list whose items failed also reports itself "too short": keep the item errors
-            if not (
-                err["type"] == "too_short"
-                and any(len(o) > len(err["loc"]) and o[: len(err["loc"])] == err["loc"]
-                        for o in locs)
-            )
-        ]
+            if err["type"] == "too_short" and any(
+                len(o) > len(loc) and o[: len(loc)] == loc for o in locs
+            ):
+                continue
+            if err["type"] in {"union_tag_invalid", "union_tag_not_found"}:
+                loc = (*loc, _DISCRIMINATOR)
+            problems.append(Problem(_format_loc(loc, _TAGS), _describe(err), file))
+        controller, boards, doors, broken = _salvage(document)
+        problems += _cross_check(controller, boards, doors, file, broken)
+        problems.sort(key=_order)
         raise ConfigError(problems) from None
-    problems = _cross_check(settings, file)
+    problems = _cross_check(
+        settings.controller, list(enumerate(settings.boards)), list(enumerate(settings.doors)), file
+    )
     if problems:
+        problems.sort(key=_order)
         raise ConfigError(problems)
     return settings
 
 
 def parse_toml(text: str, file: str = "<config>") -> Settings:
-    """Parse and validate TOML text."""
+    """Parse and validate TOML text (a leading byte-order mark is ignored)."""
     try:
-        document = tomllib.loads(text)
+        document = tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([Problem("", f"not valid TOML: {exc}", file)]) from None
+    except RecursionError:
+        raise ConfigError([Problem("", "not valid TOML: nested too deeply", file)]) from None
     return parse_settings(document, file)
 
 
@@ -323,20 +705,66 @@ def load_settings(path: Path | str | None = None) -> Settings:
     """Load a site file; ``None`` loads the embedded demo site."""
     if path is None:
         return parse_toml(demo_site_text(), f"<embedded {DEMO_SITE_RESOURCE}>")
-    p = Path(path)
+    name = str(path)
     try:
-        raw = p.read_bytes()
+        with Path(path).open("rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
-        raise ConfigError([Problem("", f"cannot read file: {exc.strerror}", str(p))]) from None
+        reason = exc.strerror or str(exc)
+        raise ConfigError([Problem("", f"cannot read file: {reason}", name)]) from None
+    except ValueError:  # an embedded NUL in the path
+        raise ConfigError([Problem("", "cannot read file: invalid path", name)]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([Problem("", f"file is larger than {MAX_FILE_BYTES // 2**20} MiB", name)])
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise ConfigError(
-            [Problem("", f"not UTF-8 text (byte {exc.start})", str(p))]
+            [
+                Problem(
+                    "",
+                    f"not UTF-8 text: byte 0x{raw[exc.start]:02x} "
+                    f"(at line {line}, column {column})",
+                    name,
+                )
+            ]
         ) from None
-    return parse_toml(text, str(p))
+    return parse_toml(text, name)
 
 
 def demo_site_text() -> str:
     """Return the embedded demo site TOML."""
     return (resources.files("controller") / "data" / DEMO_SITE_RESOURCE).read_text("utf-8")
+
+
+def json_schema() -> dict[str, Any]:
+    """Return the JSON schema of a site file (as stored in config/site.schema.json)."""
+    schema = Settings.model_json_schema()
+    schema["title"] = "warding site configuration"
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``--schema``: print the JSON schema; ``FILE``: check a site file (exit 0 or 2)."""
+    parser = argparse.ArgumentParser(prog="python -m controller.settings")
+    parser.add_argument("--schema", action="store_true", help="print the JSON schema")
+    parser.add_argument("file", nargs="?", help="site file to check")
+    args = parser.parse_args(argv)
+    if args.schema:
+        sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+        return 0
+    if args.file is None:
+        parser.error("give FILE or --schema")
+    try:
+        load_settings(args.file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

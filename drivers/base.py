@@ -44,10 +44,11 @@ class InputsRead:
 
 @dataclass(frozen=True, slots=True)
 class CoilsRead:
-    """A readback of a board's coils (what the relays actually are)."""
+    """A readback of a board's coils; ``mismatched`` are commanded coils that disagree."""
 
     device: str
     values: tuple[bool, ...]
+    mismatched: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,309 @@
+"""The daemon: build everything from settings, supervise named tasks, shut down safely.
+
+Start-up order: claim the control socket (a second daemon stops here), open the journal,
+start the boards, command every door's intended state, and only when each board has either
+confirmed its relays or reported that it cannot be reached, send READY=1 and serve the
+control API. Shutdown (SIGTERM/SIGINT or the injectable trigger): stop serving, put every
+relay in its fail state and wait for the readback (bounded), stop the drivers, drain the
+journal, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from controller import __version__
+from controller.api.protocol import PROTOCOL_VERSION, ProtocolError, Request, arg, ok
+from controller.api.server import ControlServer, Reply
+from controller.doors.service import DoorService
+from controller.errors import CommandError
+from controller.journal import Journal, JournalWriter
+from controller.sdnotify import SdNotifier
+from controller.settings import RtuBoardSettings, Settings, TcpBoardSettings
+from drivers.base import DriverEvent, LinkState, RelayBoard
+from drivers.modbus.board import BoardConfig, ModbusRelayBoard
+from drivers.modbus.link import ModbusEndpoint, ModbusLink
+
+log = structlog.get_logger(__name__)
+
+
+def board_config(b: TcpBoardSettings | RtuBoardSettings) -> BoardConfig:
+    """Driver config of a configured board."""
+    if isinstance(b, TcpBoardSettings):
+        endpoint = ModbusEndpoint("tcp", host=b.host, port=b.port)
+    else:
+        endpoint = ModbusEndpoint(
+            "rtu",
+            device=b.device,
+            baudrate=b.baudrate,
+            parity=b.parity,
+            stop_bits=b.stop_bits,
+            byte_size=b.byte_size,
+        )
+    return BoardConfig(
+        name=b.name,
+        endpoint=endpoint,
+        unit_id=b.unit_id,
+        coils=b.coils,
+        inputs=b.inputs,
+        timeout_s=b.timeout_ms / 1000,
+        poll_interval_s=b.poll_interval_ms / 1000,
+        backoff_initial_s=b.backoff_initial_ms / 1000,
+        backoff_max_s=b.backoff_max_ms / 1000,
+    )
+
+
+def build_boards(
+    settings: Settings, sink: Callable[[DriverEvent], None]
+) -> tuple[dict[str, ModbusRelayBoard], list[ModbusLink]]:
+    """One link per TCP board, one shared link per RTU line; one driver per board."""
+    links: dict[str, ModbusLink] = {}
+    boards: dict[str, ModbusRelayBoard] = {}
+    for b in settings.boards:
+        cfg = board_config(b)
+        key = cfg.endpoint.key() if cfg.endpoint.kind == "rtu" else f"{b.name}@{cfg.endpoint.key()}"
+        link = links.get(key)
+        if link is None:
+            link = links[key] = ModbusLink(cfg.endpoint, cfg.timeout_s)
+        boards[b.name] = ModbusRelayBoard(cfg, link, sink)
+    return boards, list(links.values())
+
+
+@dataclass
+class Daemon:
+    """The running controller; ``run()`` until ``shutdown`` is set."""
+
+    settings: Settings
+    socket_path: Path | None = None
+    journal_path: Path | None = None
+    notifier: SdNotifier = field(default_factory=SdNotifier.from_env)
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)
+    ready_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.socket_path = self.socket_path or self.settings.controller.socket
+        self.journal_path = self.journal_path or self.settings.controller.journal
+        self.events: asyncio.Queue[DriverEvent] = asyncio.Queue()
+        self.boards, self._links = build_boards(self.settings, self.events.put_nowait)
+        self.started_at = time.time()
+        self.ready = asyncio.Event()
+        self.journal: JournalWriter | None = None
+        self.doors: DoorService | None = None
+        self.server = ControlServer(self.socket_path, self._dispatch)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def run(self) -> int:
+        """Run until shutdown; return the process exit status."""
+        self.server.claim()  # raises AlreadyRunningError before touching anything
+        assert self.journal_path is not None
+        journal = await asyncio.to_thread(Journal.open, self.journal_path)
+        self.journal = JournalWriter(journal)
+        boards: dict[str, RelayBoard] = dict(self.boards)
+        self.doors = DoorService(self.settings, boards, self.journal)
+        self.journal.record(
+            "daemon.start",
+            controller=self.settings.controller.id,
+            version=__version__,
+            pid=os.getpid(),
+            doors=len(self.settings.doors),
+            boards=len(self.settings.boards),
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._spawn(tg, self.journal.run(), "journal")
+                self._spawn(tg, self._pump(), "events")
+                for board in self.boards.values():
+                    self._spawn(tg, board.run(), f"board:{board.name}")
+                self._spawn(tg, self.doors.run(), "doors")
+                await self._start_up()
+                await self.server.start()
+                self._spawn(tg, self.server.serve(), "api")
+                self._spawn(tg, self._watchdog(), "watchdog")
+                self.ready.set()
+                await self.shutdown.wait()
+                await self._stop(tg)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+            await self._close()
+        return 0
+
+    def _spawn(self, tg: asyncio.TaskGroup, coro: Any, name: str) -> None:
+        self._tasks.append(tg.create_task(coro, name=name))
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        log.info("signal received, shutting down", signal=sig.name)
+        self.shutdown.set()
+
+    async def _pump(self) -> None:
+        assert self.doors is not None
+        while True:
+            event = await self.events.get()
+            self.doors.on_driver_event(event)
+
+    async def _start_up(self) -> None:
+        """Assert every door, wait for each board to confirm or fail, then READY=1."""
+        assert self.doors is not None
+        self.notifier.status("asserting doors")
+        futures = self.doors.assert_all()
+        deadline = time.monotonic() + self.ready_timeout_s
+        pending = set(futures)
+        while pending and time.monotonic() < deadline:
+            if all(b.link in (LinkState.BACKOFF, LinkState.UP) for b in self.boards.values()):
+                # every board has either confirmed (UP) or failed its first attempt
+                offline = [b.name for b in self.boards.values() if b.link is not LinkState.UP]
+                if offline or all(f.done() for f in pending):
+                    break
+            done, pending = await asyncio.wait(pending, timeout=0.05)
+        up = [b.name for b in self.boards.values() if b.link is LinkState.UP]
+        down = [b.name for b in self.boards.values() if b.link is not LinkState.UP]
+        self.journal_record("daemon.ready", boards_up=up, boards_down=down)
+        if down:
+            log.warning("starting with boards offline", boards=down)
+        self.notifier.ready(f"{len(up)}/{len(self.boards)} boards up")
+        log.info("ready", socket=str(self.socket_path), boards_up=up, boards_down=down)
+
+    def journal_record(self, kind: str, **data: Any) -> None:
+        """Record a daemon-level event."""
+        if self.journal is not None:
+            self.journal.record(kind, **data)
+
+    async def _watchdog(self) -> None:
+        interval = (
+            self.notifier.watchdog_interval_s() or self.settings.controller.watchdog_interval_s
+        )
+        while True:
+            # the loop running this coroutine at all is the health signal; a wedged loop
+            # stops the pings and systemd restarts us
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _stop(self, tg: asyncio.TaskGroup) -> None:
+        assert self.doors is not None
+        del tg
+        self.notifier.stopping()
+        await self.server.close()
+        budget = self.settings.controller.shutdown_timeout_s
+        result = await self.doors.apply_fail_state(budget * 0.6)
+        failed = [n for n, ok_ in result.items() if not ok_]
+        self.journal_record("daemon.stop", doors_safe=len(result) - len(failed), failed=failed)
+        for task in self._tasks:
+            task.cancel()
+
+    async def _close(self) -> None:
+        await self.server.close()
+        for board in self.boards.values():
+            await board.close()
+        for link in self._links:
+            link.close()
+        if self.journal is not None:
+            await self.journal.close(timeout_s=self.settings.controller.shutdown_timeout_s)
+        self.notifier.close()
+
+    # -- control API -----------------------------------------------------------------------
+
+    async def _dispatch(self, req: Request, reply: Reply) -> None:
+        assert self.doors is not None and self.journal is not None
+        if req.cmd == "ping":
+            await reply(ok(req.id, version=__version__, protocol=PROTOCOL_VERSION))
+        elif req.cmd == "status":
+            await reply(ok(req.id, **self.status()))
+        elif req.cmd == "door":
+            action = arg(req, "action", str)
+            name = arg(req, "door", str)
+            duration = arg(req, "duration_s", float, required=False)
+            source = arg(req, "source", str, required=False, default="wardctl")
+            result = await self.doors.command(name, action, duration_s=duration, source=source)
+            await reply(ok(req.id, result=result.to_json()))
+        elif req.cmd == "events":
+            await self._events(req, reply)
+        else:
+            raise ProtocolError(
+                f"unknown command {req.cmd!r}; expected ping, status, door or events"
+            )
+
+    def status(self) -> dict[str, Any]:
+        """Site status for the API."""
+        assert self.doors is not None
+        boards = []
+        for b in self.boards.values():
+            boards.append(
+                {
+                    "board": b.name,
+                    "link": b.link.value,
+                    "error": b.last_error,
+                    "endpoint": b.config.endpoint.key(),
+                    "unit_id": b.config.unit_id,
+                }
+            )
+        return {
+            "controller": self.settings.controller.id,
+            "version": __version__,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "doors": self.doors.status(),
+            "boards": boards,
+            "journal_seq": self.journal.recorded_seq if self.journal else 0,
+        }
+
+    async def _events(self, req: Request, reply: Reply) -> None:
+        assert self.journal is not None
+        after = arg(req, "after", int, required=False, default=None)
+        limit = arg(req, "limit", int, required=False, default=50)
+        follow = arg(req, "follow", bool, required=False, default=False)
+        if not 1 <= limit <= 10_000:
+            raise CommandError("limit must be between 1 and 10000")
+        sub = self.journal.subscribe() if follow else None
+        try:
+            if after is None:
+                backlog = await self.journal.tail(limit)
+            else:
+                backlog = await self.journal.read(after, limit)
+            if not follow:
+                await reply(ok(req.id, events=[e.to_json() for e in backlog]))
+                return
+            assert sub is not None
+            await reply(ok(req.id, following=True))
+            last = 0
+            for e in backlog:
+                await reply({"event": e.to_json()})
+                last = e.seq
+            while True:
+                entry = await sub.get()
+                if entry.seq > last:
+                    await reply({"event": entry.to_json()})
+                    last = entry.seq
+        finally:
+            if sub is not None:
+                self.journal.unsubscribe(sub)
+
+
+async def run_daemon(
+    settings: Settings,
+    *,
+    socket_path: Path | None = None,
+    journal_path: Path | None = None,
+    shutdown: asyncio.Event | None = None,
+) -> int:
+    """Run a daemon on ``settings`` until a signal or ``shutdown`` is set."""
+    daemon = Daemon(
+        settings,
+        socket_path=socket_path,
+        journal_path=journal_path,
+        shutdown=shutdown or asyncio.Event(),
+    )
+    return await daemon.run()

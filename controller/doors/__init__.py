@@ -1,0 +1,1 @@
+"""Doors: the pure per-door state machine and the door service that drives the boards."""

@@ -1,0 +1,427 @@
+"""Pure per-door state machine: ``step(spec, state, event) -> (state, effects)``; no I/O.
+
+Theory of operation
+-------------------
+A door is described by what the controller *intends* (locked, unlocked, or a timed pulse) and
+what it *observes* (contact, REX, tamper, relay readback, board link). The phase shown to
+people - locked, unlocked, open, held-open, forced-open, fault - is derived from both.
+
+Invariants (tests in tests/unit/test_door_machine.py check them on random event sequences):
+
+* The relay value comes from ``desired_relay`` alone: the intent, or - while the relay itself
+  is faulted - the de-energised *fail state* (a fail-secure lock locks, a fail-safe lock
+  releases, exactly as on power loss). A link fault never changes the relay command, so loss
+  or return of a link never releases a fail-secure door.
+* A pulse always ends: by its deadline, or as soon as the door closes after opening.
+* An opening that is not covered by an unlocked intent, a pulse, or a REX shunt window is a
+  forced-open alarm; an authorised opening that outlasts ``held_open_s`` is a held-open alarm.
+  Doors left unlocked on purpose never raise held-open.
+* A relay fault clears only when a readback agrees with the intended value: after
+  ``fault_retry_s`` the intent is tried again (a probe); if the readback disagrees the door
+  returns to its fail state and waits again. No flapping, one journal entry per transition.
+* Every phase change and every alarm edge is an effect (``Record``), so nothing changes silently.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class Intent(StrEnum):
+    """What the controller wants the lock to be."""
+
+    LOCKED = "locked"
+    UNLOCKED = "unlocked"  # held unlocked until told otherwise
+    PULSE = "pulse"  # unlocked until ``pulse_until`` or until the door closes again
+
+
+class Contact(StrEnum):
+    """Door position as last read."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    UNKNOWN = "unknown"
+
+
+class Phase(StrEnum):
+    """The one-word summary of a door."""
+
+    LOCKED = "locked"
+    UNLOCKED = "unlocked"
+    OPEN = "open"
+    HELD_OPEN = "held-open"
+    FORCED_OPEN = "forced-open"
+    FAULT = "fault"
+
+
+class Fault(StrEnum):
+    """Why a door is in fault."""
+
+    LINK = "link"  # board offline, timeouts, exception responses
+    RELAY = "relay"  # readback disagrees with the command (stuck or overridden relay)
+
+
+FAIL_SECURE = "fail-secure"
+FAIL_SAFE = "fail-safe"
+
+
+@dataclass(frozen=True, slots=True)
+class DoorSpec:
+    """Static facts about one door, taken from the site settings."""
+
+    name: str
+    lock: str  # "fail-safe" | "fail-secure"
+    pulse_s: float = 5.0
+    held_open_s: float = 30.0
+    rex_unlocks: bool = True
+    rex_pulse_s: float = 5.0
+    fault_retry_s: float = 5.0
+    relock_grace_s: float = 1.0
+
+    def relay_for(self, released: bool) -> bool:
+        """Relay value (energised?) that puts the lock released or locked."""
+        return released if self.lock == FAIL_SECURE else not released
+
+    def released_by(self, energised: bool) -> bool:
+        """Whether the lock is released when the relay is ``energised``."""
+        return energised if self.lock == FAIL_SECURE else not energised
+
+
+@dataclass(frozen=True, slots=True)
+class DoorState:
+    """Everything the machine knows about one door."""
+
+    intent: Intent = Intent.LOCKED
+    pulse_until: float | None = None
+    contact: Contact = Contact.UNKNOWN
+    rex: bool = False
+    tamper: bool = False
+    relay: bool | None = None  # last readback: energised?
+    link_up: bool = False
+    seen_up: bool = False
+    faults: frozenset[Fault] = frozenset({Fault.LINK})
+    fault_detail: str = "not yet connected"
+    opened_at: float | None = None
+    authorised_open: bool = False
+    shunt_until: float = -math.inf
+    held: bool = False
+    forced: bool = False
+    retry_at: float | None = None
+    probing: bool = False
+
+    @property
+    def phase(self) -> Phase:
+        """Derived summary phase."""
+        if self.faults:
+            return Phase.FAULT
+        if self.forced:
+            return Phase.FORCED_OPEN
+        if self.held:
+            return Phase.HELD_OPEN
+        if self.contact is Contact.OPEN:
+            return Phase.OPEN
+        if self.intent is not Intent.LOCKED:
+            return Phase.UNLOCKED
+        return Phase.LOCKED
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """An operator or policy command: pulse, unlock (hold) or lock."""
+
+    action: str  # "pulse" | "unlock" | "lock"
+    now: float
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactChanged:
+    """The door position input changed (``open`` after applying invert)."""
+
+    open: bool
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class RexChanged:
+    """The request-to-exit input changed."""
+
+    pressed: bool
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TamperChanged:
+    """The tamper input changed."""
+
+    active: bool
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class RelayRead:
+    """A readback of the door's relay; ``mismatched`` when it disagrees with the command."""
+
+    energised: bool
+    mismatched: bool
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChanged:
+    """The door's board link went up or down."""
+
+    up: bool
+    now: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """Time passes (pulse expiry, held-open timer, relay-fault probe)."""
+
+    now: float
+
+
+DoorEvent = Command | ContactChanged | RexChanged | TamperChanged | RelayRead | LinkChanged | Tick
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """Effect: append this to the journal (and publish it)."""
+
+    kind: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+COMMANDS = frozenset({"pulse", "unlock", "lock"})
+
+
+def desired_relay(spec: DoorSpec, state: DoorState) -> bool:
+    """The relay value the door must have now."""
+    if Fault.RELAY in state.faults and not state.probing:
+        return False  # fail state: de-energised, the lock's own power-loss behaviour
+    return spec.relay_for(state.intent is not Intent.LOCKED)
+
+
+def lock_state(spec: DoorSpec, state: DoorState) -> str:
+    """'locked', 'released' or 'unknown', from the relay readback."""
+    if state.relay is None or not state.link_up:
+        return "unknown"
+    return "released" if spec.released_by(state.relay) else "locked"
+
+
+def next_deadline(spec: DoorSpec, state: DoorState) -> float | None:
+    """The earliest time at which a Tick can change this door, if any."""
+    times: list[float] = []
+    if state.intent is Intent.PULSE and state.pulse_until is not None:
+        times.append(state.pulse_until)
+    if (
+        state.contact is Contact.OPEN
+        and state.opened_at is not None
+        and state.authorised_open
+        and not state.held
+        and state.intent is not Intent.UNLOCKED
+    ):
+        times.append(state.opened_at + spec.held_open_s)
+    if (
+        Fault.RELAY in state.faults
+        and not state.probing
+        and state.link_up  # a Tick cannot probe while the link is down (see _tick)
+        and state.retry_at is not None
+    ):
+        times.append(state.retry_at)
+    return min(times) if times else None
+
+
+def step(spec: DoorSpec, state: DoorState, event: DoorEvent) -> tuple[DoorState, list[Record]]:
+    """Apply one event; return the new state and the records to journal."""
+    effects: list[Record] = []
+    before = state
+    match event:
+        case Command():
+            state = _command(spec, state, event)
+        case ContactChanged():
+            state = _contact(spec, state, event, effects)
+        case RexChanged():
+            state = _rex(spec, state, event, effects)
+        case TamperChanged():
+            if event.active != state.tamper:
+                state = replace(state, tamper=event.active)
+                effects.append(_alarm("tamper", event.active))
+        case RelayRead():
+            state = _relay(spec, state, event, effects)
+        case LinkChanged():
+            state = _link(state, event, effects)
+        case Tick():
+            state = _tick(spec, state, event, effects)
+    if state.phase is not before.phase:
+        effects.append(
+            Record(
+                "door.state",
+                {"from": before.phase.value, "to": state.phase.value, "intent": state.intent.value},
+            )
+        )
+    return state, effects
+
+
+def _alarm(alarm: str, active: bool, **detail: Any) -> Record:
+    return Record("door.alarm", {"alarm": alarm, "active": active, **detail})
+
+
+def _command(spec: DoorSpec, state: DoorState, event: Command) -> DoorState:
+    if event.action == "pulse":
+        duration = spec.pulse_s if event.duration_s is None else event.duration_s
+        until = event.now + duration
+        if state.intent is Intent.UNLOCKED:
+            return state  # already held unlocked; a pulse does not shorten it
+        until = max(until, state.pulse_until or until)
+        return replace(
+            state,
+            intent=Intent.PULSE,
+            pulse_until=until,
+            shunt_until=max(state.shunt_until, until + spec.relock_grace_s),
+        )
+    if event.action == "unlock":
+        return replace(state, intent=Intent.UNLOCKED, pulse_until=None)
+    if event.action == "lock":
+        return replace(state, intent=Intent.LOCKED, pulse_until=None, shunt_until=event.now)
+    raise ValueError(f"unknown door command {event.action!r}")
+
+
+def _contact(
+    spec: DoorSpec, state: DoorState, event: ContactChanged, effects: list[Record]
+) -> DoorState:
+    del spec
+    if event.open:
+        if state.contact is Contact.OPEN:
+            return state
+        authorised = (
+            state.intent is not Intent.LOCKED or event.now <= state.shunt_until or state.rex
+        )
+        detail = "found open" if state.contact is Contact.UNKNOWN else "opened while locked"
+        state = replace(state, contact=Contact.OPEN, opened_at=event.now)
+        if authorised:
+            return replace(state, authorised_open=True)
+        if not state.forced:  # still latched from before a link loss: no second edge
+            effects.append(_alarm("forced-open", True, detail=detail))
+        return replace(state, authorised_open=False, forced=True)
+    if state.contact is Contact.CLOSED:
+        return state
+    if state.held:
+        effects.append(_alarm("held-open", False))
+    if state.forced:
+        effects.append(_alarm("forced-open", False))
+    was_open = state.contact is Contact.OPEN
+    state = replace(
+        state,
+        contact=Contact.CLOSED,
+        opened_at=None,
+        authorised_open=False,
+        held=False,
+        forced=False,
+    )
+    if was_open and state.intent is Intent.PULSE:
+        # relock on close: the pulse was used
+        state = replace(state, intent=Intent.LOCKED, pulse_until=None, shunt_until=event.now)
+    return state
+
+
+def _rex(spec: DoorSpec, state: DoorState, event: RexChanged, effects: list[Record]) -> DoorState:
+    if event.pressed == state.rex:
+        return state
+    state = replace(state, rex=event.pressed)
+    if not event.pressed:
+        return state
+    effects.append(Record("door.rex", {"unlocks": spec.rex_unlocks}))
+    shunt = event.now + spec.rex_pulse_s
+    state = replace(state, shunt_until=max(state.shunt_until, shunt))
+    if spec.rex_unlocks and state.intent is not Intent.UNLOCKED:
+        state = replace(
+            state, intent=Intent.PULSE, pulse_until=max(shunt, state.pulse_until or shunt)
+        )
+    return state
+
+
+def _relay(spec: DoorSpec, state: DoorState, event: RelayRead, effects: list[Record]) -> DoorState:
+    state = replace(state, relay=event.energised)
+    if not state.link_up:
+        return state
+    if event.mismatched:
+        if Fault.RELAY not in state.faults:
+            effects.append(
+                _alarm("fault", True, fault=Fault.RELAY.value, detail="relay readback mismatch")
+            )
+            return replace(
+                state,
+                faults=state.faults | {Fault.RELAY},
+                fault_detail="relay readback mismatch",
+                retry_at=event.now + spec.fault_retry_s,
+                probing=False,
+            )
+        if state.probing:
+            return replace(state, probing=False, retry_at=event.now + spec.fault_retry_s)
+        return state
+    if Fault.RELAY in state.faults and (
+        state.probing or event.energised == spec.relay_for(state.intent is not Intent.LOCKED)
+    ):
+        effects.append(_alarm("fault", False, fault=Fault.RELAY.value))
+        return replace(state, faults=state.faults - {Fault.RELAY}, probing=False, retry_at=None)
+    return state
+
+
+def _link(state: DoorState, event: LinkChanged, effects: list[Record]) -> DoorState:
+    if event.up:
+        if state.link_up:
+            return state
+        if state.seen_up and Fault.LINK in state.faults:
+            effects.append(_alarm("fault", False, fault=Fault.LINK.value))
+        return replace(
+            state,
+            link_up=True,
+            seen_up=True,
+            faults=state.faults - {Fault.LINK},
+            fault_detail="",
+        )
+    if not state.link_up:
+        return replace(state, fault_detail=event.reason or state.fault_detail)
+    effects.append(_alarm("fault", True, fault=Fault.LINK.value, detail=event.reason))
+    return replace(
+        state,
+        link_up=False,
+        faults=state.faults | {Fault.LINK},
+        fault_detail=event.reason,
+        contact=Contact.UNKNOWN,
+        opened_at=None,
+    )
+
+
+def _tick(spec: DoorSpec, state: DoorState, event: Tick, effects: list[Record]) -> DoorState:
+    now = event.now
+    if state.intent is Intent.PULSE and state.pulse_until is not None and now >= state.pulse_until:
+        state = replace(state, intent=Intent.LOCKED, pulse_until=None)
+    if (
+        state.contact is Contact.OPEN
+        and state.opened_at is not None
+        and state.authorised_open
+        and not state.held
+        and state.intent is not Intent.UNLOCKED
+        and now >= state.opened_at + spec.held_open_s
+    ):
+        effects.append(_alarm("held-open", True, open_s=round(now - state.opened_at, 3)))
+        state = replace(state, held=True)
+    if (
+        Fault.RELAY in state.faults
+        and not state.probing
+        and state.link_up
+        and state.retry_at is not None
+        and now >= state.retry_at
+    ):
+        state = replace(state, probing=True, retry_at=None)
+    return state

@@ -1,0 +1,396 @@
+"""DoorService: feeds driver events and commands through each door's machine and drives relays.
+
+The service is the only writer of relay commands. After every step it compares the machine's
+``desired_relay`` with what it last sent and, if different, commands the board; commands
+issued in the same event-loop turn reach a board as one FC15. Journal records are handed to a
+non-blocking recorder, so the command path never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from controller.doors.machine import (
+    COMMANDS,
+    Command,
+    ContactChanged,
+    DoorEvent,
+    DoorSpec,
+    DoorState,
+    LinkChanged,
+    RelayRead,
+    RexChanged,
+    TamperChanged,
+    Tick,
+    desired_relay,
+    lock_state,
+    next_deadline,
+    step,
+)
+from controller.errors import CommandError
+from controller.settings import DoorSettings, InputRef, Settings
+from drivers.base import (
+    CoilsRead,
+    DeviceFault,
+    DriverEvent,
+    InputsRead,
+    LinkState,
+    RelayBoard,
+    WriteOutcome,
+)
+from drivers.base import LinkChanged as BoardLinkChanged
+
+log = structlog.get_logger(__name__)
+
+
+class Recorder(Protocol):
+    """Where journal records go (controller.journal.JournalWriter); must not block."""
+
+    def record(
+        self, kind: str, *, door: str | None = None, device: str | None = None, **data: Any
+    ) -> None:
+        """Enqueue one record."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """Outcome of a door command once the board has read the relay back (or not)."""
+
+    door: str
+    action: str
+    confirmed: bool
+    phase: str
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form for the control API."""
+        return {
+            "door": self.door,
+            "action": self.action,
+            "confirmed": self.confirmed,
+            "phase": self.phase,
+            "error": self.error,
+        }
+
+
+@dataclass(slots=True)
+class _Door:
+    settings: DoorSettings
+    spec: DoorSpec
+    state: DoorState = field(default_factory=DoorState)
+    commanded: bool | None = None
+    outcome: asyncio.Future[WriteOutcome] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def spec_from_settings(d: DoorSettings) -> DoorSpec:
+    """Machine spec of a configured door."""
+    return DoorSpec(
+        name=d.name,
+        lock=d.lock.value,
+        pulse_s=d.pulse_s,
+        held_open_s=d.held_open_s,
+        rex_unlocks=d.rex_unlocks,
+        rex_pulse_s=d.rex_pulse_s,
+    )
+
+
+class DoorService:
+    """Every door of the site: state machines, relay reconciliation, status."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        boards: Mapping[str, RelayBoard],
+        recorder: Recorder,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        command_timeout_s: float = 2.0,
+    ) -> None:
+        self._settings = settings
+        self._boards = dict(boards)
+        self._recorder = recorder
+        self._clock = clock
+        self._timeout = command_timeout_s
+        self._doors: dict[str, _Door] = {}
+        self._by_coil: dict[tuple[str, int], _Door] = {}
+        self._by_input: dict[tuple[str, int], tuple[_Door, str, InputRef]] = {}
+        self._board_links: dict[str, LinkState] = dict.fromkeys(boards, LinkState.DISCONNECTED)
+        self._board_faults: dict[str, str] = {}
+        self._deadlines: dict[str, float] = {}
+        self._wake = asyncio.Event()
+        self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self._frozen = False  # set at shutdown: relays stay in their fail state
+        for d in settings.doors:
+            door = _Door(d, spec_from_settings(d))
+            self._doors[d.name] = door
+            self._by_coil[(d.relay.board, d.relay.coil)] = door
+            for role in ("contact", "rex", "tamper"):
+                ref: InputRef | None = getattr(d, role)
+                if ref is not None:
+                    self._by_input[(ref.board, ref.input)] = (door, role, ref)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def door_names(self) -> list[str]:
+        """Configured doors, in file order."""
+        return list(self._doors)
+
+    def state(self, name: str) -> DoorState:
+        """Current machine state of a door (KeyError if unknown)."""
+        return self._doors[name].state
+
+    def board_link(self, board: str) -> LinkState:
+        """Last reported link state of a board."""
+        return self._board_links[board]
+
+    def status(self) -> list[dict[str, Any]]:
+        """One JSON-able row per door for wardctl status."""
+        now = self._clock()
+        rows = []
+        for door in self._doors.values():
+            s = door.state
+            alarms = [
+                a
+                for a, on in (
+                    ("forced-open", s.forced),
+                    ("held-open", s.held),
+                    ("tamper", s.tamper),
+                )
+                if on
+            ]
+            rows.append(
+                {
+                    "door": door.name,
+                    "zone": door.settings.zone,
+                    "state": s.phase.value,
+                    "intent": s.intent.value,
+                    "lock": lock_state(door.spec, s),
+                    "lock_type": door.spec.lock,
+                    "contact": s.contact.value,
+                    "rex": s.rex,
+                    "alarms": alarms,
+                    "faults": sorted(f.value for f in s.faults),
+                    "fault_detail": s.fault_detail if s.faults else "",
+                    "board": door.settings.relay.board,
+                    "link": self._board_links[door.settings.relay.board].value,
+                    "pulse_remaining_s": (
+                        round(max(0.0, s.pulse_until - now), 1) if s.pulse_until else None
+                    ),
+                }
+            )
+        return rows
+
+    def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
+        """Call ``listener(kind, data)`` on every record (live views, MQTT later)."""
+        self._listeners.append(listener)
+
+    # -- inputs from drivers ---------------------------------------------------------------
+
+    def on_driver_event(self, event: DriverEvent) -> None:
+        """Dispatch one driver event to the doors it concerns."""
+        now = self._clock()
+        match event:
+            case InputsRead(device=board, values=values, changed=changed):
+                for index in sorted(changed):
+                    hit = self._by_input.get((board, index))
+                    if hit is None:
+                        continue
+                    door, role, ref = hit
+                    active = values[index] != ref.invert
+                    if role == "contact":
+                        self._apply(door, ContactChanged(active, now))
+                    elif role == "rex":
+                        self._apply(door, RexChanged(active, now))
+                    else:
+                        self._apply(door, TamperChanged(active, now))
+            case CoilsRead(device=board, values=values, mismatched=mismatched):
+                for (b, coil), door in self._by_coil.items():
+                    if b == board and coil < len(values):
+                        self._apply(door, RelayRead(values[coil], coil in mismatched, now))
+            case BoardLinkChanged(device=board, state=state, reason=reason):
+                previous = self._board_links.get(board)
+                self._board_links[board] = state
+                if state is LinkState.CONNECTING:
+                    return
+                up = state is LinkState.UP
+                was_up = previous is LinkState.UP
+                if up != was_up or previous is LinkState.DISCONNECTED:
+                    self._record("board.link", device=board, state=state.value, reason=reason)
+                for (b, _), door in self._by_coil.items():
+                    if b == board:
+                        self._apply(door, LinkChanged(up, now, reason))
+            case DeviceFault(device=board, kind=kind, detail=detail):
+                self._board_faults[board] = detail
+                self._record("board.fault", device=board, fault=kind, detail=detail)
+
+    # -- commands --------------------------------------------------------------------------
+
+    def door(self, name: str) -> DoorSettings:
+        """Settings of a door; CommandError if there is no such door."""
+        try:
+            return self._doors[name].settings
+        except KeyError:
+            raise CommandError(f"unknown door {name!r}") from None
+
+    async def command(
+        self, name: str, action: str, *, duration_s: float | None = None, source: str = "api"
+    ) -> CommandResult:
+        """Command one door and wait (bounded) for the relay readback."""
+        results = await self.command_many([name], action, duration_s=duration_s, source=source)
+        return results[0]
+
+    async def command_many(
+        self,
+        names: Iterable[str],
+        action: str,
+        *,
+        duration_s: float | None = None,
+        source: str = "api",
+    ) -> list[CommandResult]:
+        """Command several doors at once (one FC15 per board) and wait for the readbacks."""
+        if action not in COMMANDS:
+            raise CommandError(f"unknown action {action!r}; expected one of {sorted(COMMANDS)}")
+        if duration_s is not None and not 0 < duration_s <= 3600:
+            raise CommandError("duration must be between 0 and 3600 seconds")
+        doors = []
+        for name in names:
+            self.door(name)
+            doors.append(self._doors[name])
+        now = self._clock()
+        for door in doors:
+            self._record(
+                "door.command", door=door.name, action=action, duration_s=duration_s, source=source
+            )
+            self._apply(door, Command(action, now, duration_s))
+        return list(await asyncio.gather(*(self._confirm(d, action) for d in doors)))
+
+    async def _confirm(self, door: _Door, action: str) -> CommandResult:
+        fut = door.outcome
+        error = ""
+        confirmed = False
+        if fut is None:
+            # nothing had to change: confirmed only if the readback already agrees
+            s = door.state
+            confirmed = s.link_up and s.relay == desired_relay(door.spec, s)
+            if not confirmed:
+                error = door.state.fault_detail or "not confirmed"
+        else:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(fut), self._timeout)
+            except TimeoutError:
+                error = "board did not confirm in time; the command stays queued"
+            else:
+                confirmed = outcome.ok
+                error = outcome.error or ("relay readback mismatch" if outcome.mismatched else "")
+        return CommandResult(door.name, action, confirmed, door.state.phase.value, error)
+
+    async def apply_fail_state(self, timeout_s: float) -> dict[str, bool]:
+        """De-energise every door relay (each lock's power-loss state); wait for readback."""
+        self._frozen = True
+        futures: dict[str, asyncio.Future[WriteOutcome]] = {}
+        for door in self._doors.values():
+            board = self._boards[door.settings.relay.board]
+            door.commanded = False
+            futures[door.name] = board.command({door.settings.relay.coil: False})
+        done: dict[str, bool] = {}
+        if futures:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*futures.values(), return_exceptions=True), timeout_s
+                )
+        for name, fut in futures.items():
+            ok = fut.done() and not fut.cancelled() and fut.result().ok
+            done[name] = ok
+            self._record("door.safe", door=name, confirmed=ok)
+        return done
+
+    def assert_all(self) -> list[asyncio.Future[WriteOutcome]]:
+        """Command every door's desired relay now (start-up); return the pending outcomes."""
+        futures = []
+        for door in self._doors.values():
+            door.commanded = None
+            self._sync_relay(door)
+            if door.outcome is not None:
+                futures.append(door.outcome)
+        return futures
+
+    # -- the tick loop ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Deliver Ticks at each door's next deadline, until cancelled."""
+        while True:
+            now = self._clock()
+            due = [n for n, t in self._deadlines.items() if t <= now]
+            for name in due:
+                self._apply(self._doors[name], Tick(now))
+            nxt = min(self._deadlines.values(), default=None)
+            timeout = None if nxt is None else max(0.0, nxt - self._clock())
+            self._wake.clear()
+            if timeout is None:
+                await self._wake.wait()
+            elif timeout > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _record(self, kind: str, **data: Any) -> None:
+        self._recorder.record(kind, **data)
+        if self._listeners:
+            for listener in self._listeners:
+                listener(kind, data)
+
+    def _apply(self, door: _Door, event: DoorEvent) -> None:
+        state, effects = step(door.spec, door.state, event)
+        door.state = state
+        for effect in effects:
+            self._record(effect.kind, door=door.name, **effect.data)
+            if effect.kind == "door.alarm" and effect.data.get("active"):
+                log.warning("door alarm", door=door.name, **effect.data)
+        self._sync_relay(door)
+        deadline = next_deadline(door.spec, state)
+        old = self._deadlines.get(door.name)
+        if deadline is None:
+            self._deadlines.pop(door.name, None)
+        else:
+            self._deadlines[door.name] = deadline
+        if deadline != old:
+            self._wake.set()
+
+    def _sync_relay(self, door: _Door) -> None:
+        if self._frozen:
+            return
+        want = desired_relay(door.spec, door.state)
+        if want == door.commanded:
+            return
+        door.commanded = want
+        board = self._boards[door.settings.relay.board]
+        coil = door.settings.relay.coil
+        fut = board.command({coil: want})
+        door.outcome = fut
+        fut.add_done_callback(lambda f, d=door, w=want, c=coil: self._on_outcome(d, w, c, f))
+
+    def _on_outcome(
+        self, door: _Door, want: bool, coil: int, fut: asyncio.Future[WriteOutcome]
+    ) -> None:
+        if fut.cancelled() or door.outcome is not fut:
+            return
+        outcome = fut.result()
+        if outcome.error:
+            return  # link trouble is reported through LinkChanged
+        mismatched = coil in outcome.mismatched
+        energised = (not want) if mismatched else want
+        self._apply(door, RelayRead(energised, mismatched, self._clock()))

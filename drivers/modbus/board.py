@@ -1,0 +1,316 @@
+"""ModbusRelayBoard: one relay/IO board supervised over a ModbusLink.
+
+Theory of operation
+-------------------
+The board keeps ``desired``: the value the controller last commanded for every coil it owns.
+One task (``run``) owns all traffic to the board, so writes and polls never interleave:
+
+* connect (with full-jitter backoff, capped), then *sync*: read coils and inputs, and
+  re-assert every owned coil whose readback differs from ``desired`` (a board that
+  rebooted or was power-cycled gets its relays back), then report the link UP;
+* then loop: pending commands are written first - all changes queued in the same event-loop
+  turn go out in one FC15 covering their span, immediately read back (FC1) and each
+  command's future resolves with what the readback confirmed or contradicted; otherwise, at
+  every poll interval, read inputs (FC2) and coils (FC1), report input changes and coils
+  that disagree with ``desired`` (a stuck relay, or someone else writing the board).
+* a failed transaction is retried at once up to ``max_failures`` times in a row (one lost
+  reply must not fault every door on the board); after that, or on a connection error, the
+  link is reported down, waiters are told, and we back off. ``desired`` survives, so the
+  relays are re-asserted on the next connect. Losing or regaining the link never changes
+  what is commanded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from drivers.base import (
+    CoilsRead,
+    DeviceFault,
+    EventSink,
+    InputsRead,
+    LinkChanged,
+    LinkState,
+    WriteOutcome,
+)
+from drivers.errors import (
+    DeviceConnectionError,
+    DeviceError,
+    DeviceProtocolError,
+    DeviceTimeoutError,
+)
+from drivers.modbus.link import ModbusEndpoint, ModbusLink
+from drivers.transport.backoff import Backoff
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BoardConfig:
+    """Driver-level settings of one board (the controller converts its site settings)."""
+
+    name: str
+    endpoint: ModbusEndpoint
+    unit_id: int = 1
+    coils: int = 16
+    inputs: int = 16
+    timeout_s: float = 0.5
+    poll_interval_s: float = 0.05
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 5.0
+    max_failures: int = 3
+
+
+@dataclass(slots=True)
+class _Waiter:
+    coils: frozenset[int]
+    future: asyncio.Future[WriteOutcome]
+
+
+class ModbusRelayBoard:
+    """A Modbus relay/IO board: batched coil commands with readback, input polling."""
+
+    def __init__(
+        self,
+        config: BoardConfig,
+        link: ModbusLink,
+        sink: EventSink,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self._link = link
+        self._sink = sink
+        self._backoff = Backoff(
+            config.backoff_initial_s, config.backoff_max_s, rng or random.Random()
+        )
+        self._state = LinkState.DISCONNECTED
+        self._desired: dict[int, bool] = {}
+        self._pending: dict[int, bool] = {}
+        self._waiters: list[_Waiter] = []
+        self._wake = asyncio.Event()
+        self._coils: tuple[bool, ...] | None = None
+        self._inputs: tuple[bool, ...] | None = None
+        self._mismatched: frozenset[int] = frozenset()
+        self._reported: tuple[bool, ...] | None = None
+        self._failures = 0
+        self._closed = False
+        self.last_error = ""
+        self.stats = {"fc15": 0, "fc5": 0, "polls": 0, "reconnects": 0}
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def link(self) -> LinkState:
+        """Current link state."""
+        return self._state
+
+    @property
+    def desired(self) -> Mapping[int, bool]:
+        """What every owned coil is commanded to be."""
+        return dict(self._desired)
+
+    @property
+    def coils(self) -> tuple[bool, ...] | None:
+        """Last coil readback, or None before the first successful read."""
+        return self._coils
+
+    @property
+    def inputs(self) -> tuple[bool, ...] | None:
+        """Last input read, or None before the first successful read."""
+        return self._inputs
+
+    def command(self, coils: Mapping[int, bool]) -> asyncio.Future[WriteOutcome]:
+        """Queue coil values; all commands of one loop turn share one FC15; resolves on readback."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[WriteOutcome] = loop.create_future()
+        for coil in coils:
+            if not 0 <= coil < self.config.coils:
+                fut.set_result(
+                    WriteOutcome(frozenset(), frozenset(coils), f"coil {coil} out of range")
+                )
+                return fut
+        if self._closed:
+            fut.set_result(WriteOutcome(frozenset(), frozenset(coils), "board closed"))
+            return fut
+        self._pending.update(coils)
+        self._desired.update(coils)
+        self._waiters.append(_Waiter(frozenset(coils), fut))
+        self._wake.set()
+        return fut
+
+    async def run(self) -> None:
+        """Supervise the link until cancelled."""
+        try:
+            while not self._closed:
+                try:
+                    await self._connect_and_sync()
+                    await self._serve()
+                except DeviceError as exc:
+                    await self._link_down(exc)
+        finally:
+            self._set_state(LinkState.CLOSED, "stopped")
+            self._fail_waiters("board stopped")
+
+    async def close(self) -> None:
+        """Stop using the link; idempotent (the owner cancels ``run``)."""
+        self._closed = True
+        self._wake.set()
+        self._link.reset()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _set_state(self, state: LinkState, reason: str = "") -> None:
+        if state is self._state:
+            return
+        self._state = state
+        self._sink(LinkChanged(self.name, state, reason))
+
+    async def _connect_and_sync(self) -> None:
+        self._set_state(LinkState.CONNECTING)
+        await self._link.connect()
+        unit = self.config.unit_id
+        coils = await self._link.read_coils(unit, 0, self.config.coils)
+        self._store_coils(coils, report=False)
+        await self._read_inputs()
+        stale = {c: v for c, v in self._desired.items() if coils[c] != v}
+        stale.update(self._pending)
+        self._pending.clear()
+        if stale:
+            log.info("reasserting relays", board=self.name, coils=sorted(stale))
+            await self._write(stale)
+        self._report_coils(force=True)
+        self._failures = 0
+        self._backoff.reset()
+        self.last_error = ""
+        self._set_state(LinkState.UP)
+
+    async def _serve(self) -> None:
+        interval = self.config.poll_interval_s
+        next_poll = time.monotonic() + interval
+        while not self._closed:
+            if not self._pending:
+                timeout = next_poll - time.monotonic()
+                if timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+            try:
+                if self._pending:
+                    batch, self._pending = self._pending, {}
+                    try:
+                        await self._write(batch)
+                    except DeviceError:
+                        for coil, value in batch.items():
+                            self._pending.setdefault(coil, value)
+                        raise
+                    self._report_coils()
+                if time.monotonic() >= next_poll:
+                    await self._poll()
+                    next_poll = time.monotonic() + interval
+                self._failures = 0
+            except (DeviceTimeoutError, DeviceProtocolError) as exc:
+                self._failures += 1
+                self.last_error = str(exc)
+                kind = "timeout" if isinstance(exc, DeviceTimeoutError) else "protocol"
+                if isinstance(exc, DeviceProtocolError) and exc.code is not None:
+                    kind = "exception"
+                self._sink(DeviceFault(self.name, kind, str(exc)))
+                if self._failures >= self.config.max_failures:
+                    raise
+                if isinstance(exc, DeviceTimeoutError) and self.config.endpoint.kind == "tcp":
+                    # a reply that arrives late would be matched by transaction id, but a
+                    # half-dead TCP connection is better replaced
+                    self._link.reset()
+                    await self._link.connect()
+
+    async def _poll(self) -> None:
+        self.stats["polls"] += 1
+        await self._read_inputs()
+        coils = await self._link.read_coils(self.config.unit_id, 0, self.config.coils)
+        self._store_coils(coils, report=True)
+
+    async def _read_inputs(self) -> None:
+        values = await self._link.read_inputs(self.config.unit_id, 0, self.config.inputs)
+        previous = self._inputs
+        self._inputs = values
+        if previous is None:
+            self._sink(InputsRead(self.name, values, frozenset(range(len(values)))))
+        elif values != previous:
+            changed = frozenset(i for i, (a, b) in enumerate(zip(values, previous)) if a != b)
+            self._sink(InputsRead(self.name, values, changed))
+
+    async def _write(self, batch: Mapping[int, bool]) -> None:
+        lo, hi = min(batch), max(batch)
+        current = self._coils or (False,) * self.config.coils
+        span: list[bool] = []
+        for c in range(lo, hi + 1):
+            if c in batch:
+                span.append(batch[c])
+            elif c in self._desired:
+                span.append(self._desired[c])
+            else:
+                span.append(current[c])
+        self.stats["fc15" if len(span) > 1 else "fc5"] += 1
+        readback = await self._link.write_and_read_coils(self.config.unit_id, lo, span)
+        merged = list(current)
+        merged[lo : hi + 1] = readback
+        self._coils = tuple(merged)
+        self._resolve_waiters()
+
+    def _resolve_waiters(self) -> None:
+        coils = self._coils or ()
+        still: list[_Waiter] = []
+        for w in self._waiters:
+            if any(c in self._pending for c in w.coils):
+                still.append(w)  # a newer value for one of its coils is queued
+                continue
+            if w.future.done():
+                continue
+            ok = frozenset(
+                c for c in w.coils if c < len(coils) and coils[c] == self._desired.get(c)
+            )
+            w.future.set_result(WriteOutcome(ok, w.coils - ok))
+        self._waiters = still
+
+    def _fail_waiters(self, reason: str) -> None:
+        waiters, self._waiters = self._waiters, []
+        for w in waiters:
+            if not w.future.done():
+                w.future.set_result(WriteOutcome(frozenset(), w.coils, reason))
+
+    def _store_coils(self, coils: tuple[bool, ...], *, report: bool) -> None:
+        self._coils = coils
+        if report:
+            self._report_coils()
+
+    def _report_coils(self, *, force: bool = False) -> None:
+        coils = self._coils
+        if coils is None:
+            return
+        mismatched = frozenset(
+            c for c, v in self._desired.items() if c not in self._pending and coils[c] != v
+        )
+        if force or mismatched != self._mismatched or coils != self._reported:
+            self._mismatched = mismatched
+            self._reported = coils
+            self._sink(CoilsRead(self.name, coils, mismatched))
+
+    async def _link_down(self, exc: DeviceError) -> None:
+        self.last_error = str(exc)
+        if isinstance(exc, DeviceConnectionError | DeviceTimeoutError):
+            self._link.reset()
+        self._fail_waiters(str(exc))
+        self.stats["reconnects"] += 1
+        self._set_state(LinkState.BACKOFF, str(exc))
+        delay = self._backoff.next_delay()
+        log.warning("board link down", board=self.name, error=str(exc), retry_in_s=round(delay, 3))
+        await asyncio.sleep(delay)

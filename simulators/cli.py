@@ -1,0 +1,291 @@
+"""``warding sim ...``: run the Modbus simulators in the foreground and steer them from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from controller.settings import RtuBoardSettings, load_settings
+from drivers.errors import WardingError
+from simulators.control import (
+    DEFAULT_SOCKET,
+    DOOR_ACTIONS,
+    SimControlServer,
+    SimControlUnavailableError,
+    control_request,
+    default_socket_path,
+)
+from simulators.modbus_board import SimRtuLine
+from simulators.site import SimSite
+
+__all__ = ["main", "register", "run"]
+
+PROG = "warding sim"
+
+
+def _control_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--control",
+        metavar="PATH",
+        help=f"simulator control socket (default: $WARDING_SIM_SOCKET or {DEFAULT_SOCKET})",
+    )
+
+
+def _switch(text: str) -> bool:
+    """Parse on/off for an input value."""
+    if text in {"on", "true", "1"}:
+        return True
+    if text in {"off", "false", "0"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off (got {text!r})")
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {value})")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``sim`` command group to a CLI's subparsers."""
+    sim = subparsers.add_parser(
+        "sim",
+        help="run and steer device simulators",
+        description="Run the Modbus board simulators for a site file and steer them.",
+    )
+    sim.set_defaults(sim_run=run)
+    cmds = sim.add_subparsers(dest="sim_command", metavar="COMMAND", required=True)
+
+    modbus = cmds.add_parser(
+        "modbus",
+        help="simulate every Modbus board of a site file (foreground, until Ctrl-C)",
+        description="Simulate every Modbus board of the site file in the foreground.",
+    )
+    modbus.add_argument(
+        "--config", metavar="FILE", help="site file (default: the embedded demo site)"
+    )
+    _control_option(modbus)
+
+    door = cmds.add_parser("door", help="act on a simulated door")
+    door.add_argument("action", choices=DOOR_ACTIONS, help="what a person does")
+    door.add_argument("name", help="door name")
+    door.add_argument(
+        "--hold-s", type=float, default=0.5, metavar="S", help="how long rex holds the button"
+    )
+    _control_option(door)
+
+    board = cmds.add_parser("board", help="inject faults into a simulated board")
+    actions = board.add_subparsers(dest="board_action", metavar="ACTION", required=True)
+    for name, text in (
+        ("offline", "take the board off the bus (TCP: stop listening)"),
+        ("online", "put the board back on the bus"),
+        ("clear", "remove every fault and bring the board online"),
+    ):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("name", help="board name")
+        _control_option(p)
+    p = actions.add_parser("delay", help="delay every reply")
+    p.add_argument("name", help="board name")
+    p.add_argument("ms", type=_non_negative, help="delay in milliseconds (0 = none)")
+    _control_option(p)
+    for name, text in (
+        ("drop", "send no reply to the next N requests"),
+        ("corrupt", "corrupt the next N replies on the wire"),
+    ):
+        p = actions.add_parser(name, help=text)
+        p.add_argument("name", help="board name")
+        p.add_argument("n", type=_non_negative, help="how many")
+        _control_option(p)
+    p = actions.add_parser("exception", help="answer every request with a Modbus exception")
+    p.add_argument("name", help="board name")
+    p.add_argument("code", type=_non_negative, help="exception code, e.g. 4; 0 = stop")
+    _control_option(p)
+    p = actions.add_parser("stuck", help="weld a relay on or off, or release it")
+    p.add_argument("name", help="board name")
+    p.add_argument("coil", type=_non_negative, help="coil index")
+    p.add_argument("state", choices=("on", "off", "release"))
+    _control_option(p)
+    p = actions.add_parser("garbage", help="write raw bytes onto the line now")
+    p.add_argument("name", help="board name")
+    p.add_argument("hex", help="bytes in hex, e.g. deadbeef")
+    _control_option(p)
+    p = actions.add_parser("input", help="drive a discrete input (e.g. a fire alarm contact)")
+    p.add_argument("name", help="board name")
+    p.add_argument("input", type=_non_negative, help="input index")
+    p.add_argument("value", type=_switch, help="on or off")
+    _control_option(p)
+
+    status = cmds.add_parser("status", help="show doors and boards")
+    status.add_argument("--json", action="store_true", help="print the raw JSON status")
+    _control_option(status)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute a parsed ``sim`` command; return the exit status."""
+    command = getattr(args, "sim_command", None)
+    if command == "modbus":
+        return _run_modbus(args)
+    request = _request_for(args)
+    if request is None:
+        print(f"{PROG}: unknown command {command!r}", file=sys.stderr)
+        return 2
+    path = args.control or default_socket_path()
+    try:
+        reply = asyncio.run(control_request(path, request))
+    except SimControlUnavailableError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"{PROG}: {reply.get('error', 'request failed')}", file=sys.stderr)
+        return 1
+    if command == "status":
+        print(json.dumps(reply, indent=2) if args.json else _format_status(reply))
+        return 0
+    if command == "door":
+        return _report_door(args, reply)
+    board = reply.get("board", {})
+    faults = board.get("faults") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in faults.items()) or "no faults"
+    state = "online" if board.get("online") else "offline"
+    print(f"board {args.name}: {state}, {shown}")
+    return 0
+
+
+def _request_for(args: argparse.Namespace) -> dict[str, Any] | None:
+    command = getattr(args, "sim_command", None)
+    if command == "status":
+        return {"cmd": "status"}
+    if command == "door":
+        req: dict[str, Any] = {"cmd": "door", "action": args.action, "name": args.name}
+        if args.action == "rex":
+            req["hold_s"] = args.hold_s
+        return req
+    if command != "board":
+        return None
+    action = args.board_action
+    req = {"cmd": "board", "action": action, "name": args.name}
+    if action == "delay":
+        req["ms"] = args.ms
+    elif action in {"drop", "corrupt"}:
+        req["n"] = args.n
+    elif action == "exception":
+        req["code"] = args.code or None
+    elif action == "stuck":
+        req["coil"] = args.coil
+        if args.state == "release":
+            req["action"] = "unstuck"
+        else:
+            req["value"] = args.state == "on"
+    elif action == "garbage":
+        req["hex"] = args.hex
+    elif action == "input":
+        req["input"] = args.input
+        req["value"] = args.value
+    return req
+
+
+def _report_door(args: argparse.Namespace, reply: dict[str, Any]) -> int:
+    door = reply.get("door", {})
+    if args.action in {"open", "force"} and not reply.get("opened"):
+        print(f"{PROG}: door {args.name} is locked: not opened (use 'force')", file=sys.stderr)
+        return 1
+    print(f"door {args.name}: {_door_line(door)}")
+    return 0
+
+
+def _door_line(door: dict[str, Any]) -> str:
+    parts = [
+        "locked" if door.get("locked") else "unlocked",
+        "open" if door.get("open") else "closed",
+        f"relay {'on' if door.get('relay') else 'off'}",
+    ]
+    if door.get("rex"):
+        parts.append("rex pressed")
+    if door.get("tamper"):
+        parts.append("TAMPER")
+    if door.get("forced"):
+        parts.append(f"forced x{door['forced']}")
+    return ", ".join(parts)
+
+
+def _format_status(reply: dict[str, Any]) -> str:
+    lines = ["boards:"]
+    for name, b in reply.get("boards", {}).items():
+        faults = ", ".join(f"{k}={v}" for k, v in (b.get("faults") or {}).items())
+        state = "online" if b.get("online") else "OFFLINE"
+        lines.append(
+            f"  {name:<16} {b.get('transport', '?')} {b.get('address', '?')} "
+            f"unit {b.get('unit_id', '?')}  {state}" + (f"  [{faults}]" if faults else "")
+        )
+    lines.append("doors:")
+    for name, d in reply.get("doors", {}).items():
+        lines.append(f"  {name:<16} {_door_line(d)}")
+    return "\n".join(lines)
+
+
+def _run_modbus(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except WardingError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    control = args.control or default_socket_path()
+    try:
+        return asyncio.run(_serve(SimSite(settings), Path(control)))
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(site: SimSite, control: Path) -> int:
+    """Run ``site`` and its control socket until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = SimControlServer(site, control)
+    try:
+        await site.start()
+        await server.start()
+        for name, board in site.boards.items():
+            bus = site.bus(name)
+            settings = site.settings.board(name)
+            where = f"tcp {site.address(name)}"
+            if isinstance(bus, SimRtuLine) and isinstance(settings, RtuBoardSettings):
+                where = f"rtu {bus.path} -> {bus.pty_name}"
+            print(
+                f"{name}: modbus {where} unit {board.unit_id} "
+                f"({len(board.coils)} coils, {len(board.inputs)} inputs)",
+                flush=True,
+            )
+        print(f"control: {control}  (Ctrl-C to stop)", flush=True)
+        await stop.wait()
+    finally:
+        await server.stop()
+        await site.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(RuntimeError):
+                loop.remove_signal_handler(sig)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m simulators.cli sim ...``."""
+    parser = argparse.ArgumentParser(prog="warding")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
