@@ -169,7 +169,7 @@ class Daemon:
                 offline = [b.name for b in self.boards.values() if b.link is not LinkState.UP]
                 if offline or all(f.done() for f in pending):
                     break
-            done, pending = await asyncio.wait(pending, timeout=0.05)
+            _, pending = await asyncio.wait(pending, timeout=0.05)
         up = [b.name for b in self.boards.values() if b.link is LinkState.UP]
         down = [b.name for b in self.boards.values() if b.link is not LinkState.UP]
         self.journal_record("daemon.ready", boards_up=up, boards_down=down)
@@ -218,7 +218,8 @@ class Daemon:
     # -- control API -----------------------------------------------------------------------
 
     async def _dispatch(self, req: Request, reply: Reply) -> None:
-        assert self.doors is not None and self.journal is not None
+        assert self.doors is not None
+        assert self.journal is not None
         if req.cmd == "ping":
             await reply(ok(req.id, version=__version__, protocol=PROTOCOL_VERSION))
         elif req.cmd == "status":

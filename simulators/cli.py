@@ -155,11 +155,30 @@ def run(args: argparse.Namespace) -> int:
     if command == "door":
         return _report_door(args, reply)
     board = reply.get("board", {})
-    faults = board.get("faults") or {}
-    shown = ", ".join(f"{k}={v}" for k, v in faults.items()) or "no faults"
     state = "online" if board.get("online") else "offline"
-    print(f"board {args.name}: {state}, {shown}")
+    print(f"board {args.name}: {state}, {_faults_text(board.get('faults') or {}) or 'no faults'}")
     return 0
+
+
+def _faults_text(faults: dict[str, Any]) -> str:
+    """Render a board's active faults for people: ``delay 150 ms, coil 3 stuck on``."""
+    parts: list[str] = []
+    for key, value in faults.items():
+        if key == "offline":
+            continue
+        if key == "delay_s":
+            parts.append(f"delay {round(float(value) * 1000)} ms")
+        elif key == "drop_next":
+            parts.append(f"drop next {value}")
+        elif key == "corrupt_next":
+            parts.append(f"corrupt next {value}")
+        elif key == "exception_code":
+            parts.append(f"exception {value}")
+        elif key == "stuck" and isinstance(value, dict):
+            parts += [f"coil {i} stuck {'on' if on else 'off'}" for i, on in value.items()]
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def _request_for(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -222,7 +241,7 @@ def _door_line(door: dict[str, Any]) -> str:
 def _format_status(reply: dict[str, Any]) -> str:
     lines = ["boards:"]
     for name, b in reply.get("boards", {}).items():
-        faults = ", ".join(f"{k}={v}" for k, v in (b.get("faults") or {}).items())
+        faults = _faults_text(b.get("faults") or {})
         state = "online" if b.get("online") else "OFFLINE"
         lines.append(
             f"  {name:<16} {b.get('transport', '?')} {b.get('address', '?')} "
@@ -256,8 +275,8 @@ async def _serve(site: SimSite, control: Path) -> int:
         loop.add_signal_handler(sig, stop.set)
     server = SimControlServer(site, control)
     try:
+        await server.start()  # first: refuses to run beside a live simulator on the same socket
         await site.start()
-        await server.start()
         for name, board in site.boards.items():
             bus = site.bus(name)
             settings = site.settings.board(name)

@@ -2,12 +2,14 @@
 
 A ``SimModbusBoard`` is the device model: coils (relays), discrete inputs, a small block of
 holding registers, a request counter and scripted faults. Boards are hosted by unit id on a
-bus: ``SimModbusEndpoint`` (Modbus TCP on a host/port, one board or a gateway with several)
-or ``SimRtuLine`` (Modbus RTU over a pty, one board or a multi-drop line).
+bus: ``SimModbusEndpoint`` (Modbus TCP on a host/port, one board or a gateway with several;
+or, with ``rtu=True``, RTU framing over TCP for ``socket://`` clients) or ``SimRtuLine``
+(Modbus RTU over a pty, one board or a multi-drop line).
 
 Theory of operation. The wire side is pymodbus' own server (``ModbusTcpServer`` or
 ``ModbusSerialServer``), so framing, MBAP/CRC and PDU encoding are the real thing both ways.
-We subclass its per-connection ``ServerRequestHandler`` in one place only: a decoded request
+We subclass its per-connection ``ServerRequestHandler`` in one place only (pymodbus is pinned
+to 3.16; ``tests/drivers/test_sim_modbus.py`` pins the behaviour we rely on): a decoded request
 PDU is handed to ``_SimBus.serve`` in a task we keep a reference to, and the reply is framed by
 the connection's own framer. That gives fault injection the exact request (unit id, function
 code, transaction id), keeps a delayed reply tagged with *its* transaction id (pymodbus 3.16
@@ -36,7 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusIOException
@@ -198,6 +200,12 @@ class SimModbusBoard:
         """Drive discrete input ``index`` (what field wiring does)."""
         self._check_index(index, len(self._inputs), "input")
         self._inputs[index] = bool(value)
+
+    def power_cycle(self) -> None:
+        """Lose power for a moment: every relay drops (de-energised), inputs are kept."""
+        before = self.coils
+        self._commanded = [False] * len(self._commanded)
+        self._notify(before)
 
     # ---- faults -------------------------------------------------------------------------
 
@@ -407,15 +415,22 @@ class _SimRequestHandler(ServerRequestHandler):
         """Frame one request out of ``data`` and answer it; return the bytes consumed."""
         try:
             used_len = int(TransactionManager.callback_data(self, data, addr))
-        except ModbusIOException as exc:  # a frame for a function code pymodbus cannot decode
+        except ModbusIOException as exc:  # a well-framed request with an unknown function code
+            _used, _dev, _tid, pdu_bytes = self.framer.decode(data)
+            fc = int(pdu_bytes[0]) if pdu_bytes else int(exc.fcode or 0)
             if exc.dev_id in self._bus.boards:
-                reply = ExceptionResponse(
-                    exc.fcode or 0,
-                    ExcCodes.ILLEGAL_FUNCTION,
-                    device_id=exc.dev_id,
-                    transaction=exc.transaction_id,
+                self._write(
+                    _Reply(
+                        ExceptionResponse(
+                            fc,
+                            ExcCodes.ILLEGAL_FUNCTION,
+                            device_id=exc.dev_id,
+                            transaction=exc.transaction_id,
+                        )
+                    )
                 )
-                self._write(_Reply(reply))
+            elif reply := self._bus._unknown_unit(fc, exc.dev_id, exc.transaction_id):
+                self._write(reply)
             return len(data)
         pdu: ModbusPDU | None = self.last_pdu
         if pdu is not None:
@@ -505,13 +520,13 @@ class _SimBus:
         """Answer one request: the addressed board's reply, or None for silence."""
         board = self._boards.get(pdu.dev_id)
         if board is None:
-            return self._unknown_unit(pdu)
+            return self._unknown_unit(int(pdu.function_code), pdu.dev_id, pdu.transaction_id)
         reply = await board._process(pdu)
         if reply is None and board.offline:
-            return self._unknown_unit(pdu)
+            return self._unknown_unit(int(pdu.function_code), pdu.dev_id, pdu.transaction_id)
         return reply
 
-    def _unknown_unit(self, pdu: ModbusPDU) -> _Reply | None:
+    def _unknown_unit(self, fc: int, dev_id: int, tid: int) -> _Reply | None:
         """Reply for a unit nobody answers for (RTU: silence)."""
         return None
 
@@ -539,7 +554,7 @@ class _SimBus:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def __aenter__(self) -> _SimBus:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -644,16 +659,11 @@ class SimModbusEndpoint(_SimBus):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(listener.wait_closed(), 1.0)
 
-    def _unknown_unit(self, pdu: ModbusPDU) -> _Reply | None:
+    def _unknown_unit(self, fc: int, dev_id: int, tid: int) -> _Reply | None:
         if self.rtu:
             return None
         return _Reply(
-            ExceptionResponse(
-                int(pdu.function_code),
-                ExcCodes.GATEWAY_NO_RESPONSE,
-                device_id=pdu.dev_id,
-                transaction=pdu.transaction_id,
-            )
+            ExceptionResponse(fc, ExcCodes.GATEWAY_NO_RESPONSE, device_id=dev_id, transaction=tid)
         )
 
     def _corrupt_frame(self, frame: bytes) -> bytes:
@@ -787,7 +797,7 @@ class SimRtuLine(_SimBus):
         if self._loop is not None:
             self._loop.remove_reader(side.master)
         side.close()
-        self._remove_link()
+        self._remove_link(side.name)
 
     def replug(self) -> None:
         """Give the line a new client side (a new pty) and point the symlink at it."""
@@ -795,20 +805,29 @@ class SimRtuLine(_SimBus):
             raise RuntimeError("line is not running")
         if self._client_side is not None:
             return
+        if self.device is not None and self.device.exists() and not self.device.is_symlink():
+            raise FileExistsError(f"{self.device} exists and is not a symlink: not replacing it")
         side = _PtyPair()
+        if self.device is not None:
+            try:
+                self.device.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.device.with_name(f".{self.device.name}.{os.getpid()}.tmp")
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                tmp.symlink_to(side.name)
+                tmp.replace(self.device)  # atomic, and replaces a stale link
+            except BaseException:
+                side.close()
+                raise
         self._client_side = side
         self._loop.add_reader(side.master, self._from_client)
-        if self.device is not None:
-            self.device.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.device.with_name(f".{self.device.name}.{os.getpid()}.tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            tmp.symlink_to(side.name)
-            tmp.replace(self.device)
 
-    def _remove_link(self) -> None:
-        if self.device is not None and self.device.is_symlink():
-            with contextlib.suppress(FileNotFoundError):
+    def _remove_link(self, target: str) -> None:
+        """Remove the symlink if it still points at ``target`` (not someone else's line)."""
+        if self.device is None:
+            return
+        with contextlib.suppress(OSError):
+            if os.readlink(self.device) == target:
                 self.device.unlink()
 
     def _from_client(self) -> None:

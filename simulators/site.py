@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from controller.settings import RtuBoardSettings, Settings, TcpBoardSettings
 from simulators.doors import SimDoor
@@ -44,8 +44,9 @@ class SimSite:
     (0 = any free port; read it back with ``port(name)`` after ``start()``); ``devices`` maps an
     RTU board name to the path where its line's symlink is made instead of the configured
     ``device``. An RTU board whose device is ``socket://host:port`` is served as RTU framing
-    over TCP there (its port can be overridden like a TCP board's). Boards that share a configured host:port (a gateway) or a device (a multi-drop
-    line) share one simulated endpoint or line, and so do their overrides.
+    over TCP there (its port can be overridden like a TCP board's). Boards that share a
+    configured host:port (a gateway) or a device (a multi-drop line) share one simulated
+    endpoint or line, and so do their overrides.
     """
 
     def __init__(

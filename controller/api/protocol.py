@@ -35,7 +35,7 @@ def decode_request(line: bytes) -> Request:
         raise ProtocolError(f"request longer than {MAX_LINE} bytes")
     try:
         obj = json.loads(line)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON/UTF-8, >4300-digit ints, nesting
         raise ProtocolError(f"request is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("request must be a JSON object")

@@ -16,13 +16,15 @@ from controller import __version__
 from controller.errors import ConfigError, WardingError
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that exits 2 with a one-line message (its default) and never a traceback."""
+class _UsageError(Exception):
+    """A bad combination of arguments (exit status 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``warding`` command line."""
-    parser = _Parser(prog="warding", description="warding access control and lockdown daemon")
+    parser = argparse.ArgumentParser(
+        prog="warding", description="warding access control and lockdown daemon"
+    )
     parser.add_argument("--version", action="version", version=f"warding {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -80,10 +82,7 @@ def _cmd_journal_verify(args: argparse.Namespace) -> int:
     from controller.journal import verify_journal
     from controller.settings import load_settings
 
-    if args.db is not None:
-        db = args.db
-    else:
-        db = load_settings(args.config).controller.journal
+    db = args.db if args.db is not None else load_settings(args.config).controller.journal
     report = verify_journal(db)
     if report.ok:
         print(f"{db}: OK, {report.rows} rows, hash chain intact")
@@ -105,6 +104,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from controller.demo import run_demo
 
+    if args.duration is not None and not 0 < args.duration <= 86_400:
+        raise _UsageError("--duration must be between 0 and 86400 seconds")
+    if args.script and args.duration is None:
+        raise _UsageError("--script needs --duration")
     return run_demo(args.config, duration_s=args.duration, script=args.script)
 
 
@@ -130,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from simulators import cli as sim_cli
 
             return sim_cli.run(args)
+    except _UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"warding: error: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         for problem in exc.problems:
             print(str(problem), file=sys.stderr)

@@ -423,5 +423,12 @@ def _tick(spec: DoorSpec, state: DoorState, event: Tick, effects: list[Record]) 
         and state.retry_at is not None
         and now >= state.retry_at
     ):
-        state = replace(state, probing=True, retry_at=None)
+        if state.relay is not None and state.relay == spec.relay_for(
+            state.intent is not Intent.LOCKED
+        ):
+            # the relay already sits where the intent wants it: nothing left to prove
+            effects.append(_alarm("fault", False, fault=Fault.RELAY.value))
+            state = replace(state, faults=state.faults - {Fault.RELAY}, retry_at=None)
+        else:
+            state = replace(state, probing=True, retry_at=None)
     return state

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -355,6 +356,8 @@ class DoorService:
 
     def _apply(self, door: _Door, event: DoorEvent) -> None:
         state, effects = step(door.spec, door.state, event)
+        if state.probing and not door.state.probing:
+            door.commanded = None  # a probe always writes, so its readback answers it
         door.state = state
         for effect in effects:
             self._record(effect.kind, door=door.name, **effect.data)
@@ -381,7 +384,7 @@ class DoorService:
         coil = door.settings.relay.coil
         fut = board.command({coil: want})
         door.outcome = fut
-        fut.add_done_callback(lambda f, d=door, w=want, c=coil: self._on_outcome(d, w, c, f))
+        fut.add_done_callback(functools.partial(self._on_outcome, door, want, coil))
 
     def _on_outcome(
         self, door: _Door, want: bool, coil: int, fut: asyncio.Future[WriteOutcome]

@@ -90,7 +90,9 @@ class ModbusRelayBoard:
         self._link = link
         self._sink = sink
         self._backoff = Backoff(
-            config.backoff_initial_s, config.backoff_max_s, rng or random.Random()
+            config.backoff_initial_s,
+            config.backoff_max_s,
+            rng or random.Random(),  # noqa: S311 - jitter, not crypto
         )
         self._state = LinkState.DISCONNECTED
         self._desired: dict[int, bool] = {}
@@ -245,7 +247,9 @@ class ModbusRelayBoard:
         if previous is None:
             self._sink(InputsRead(self.name, values, frozenset(range(len(values)))))
         elif values != previous:
-            changed = frozenset(i for i, (a, b) in enumerate(zip(values, previous)) if a != b)
+            changed = frozenset(
+                i for i, (a, b) in enumerate(zip(values, previous, strict=True)) if a != b
+            )
             self._sink(InputsRead(self.name, values, changed))
 
     async def _write(self, batch: Mapping[int, bool]) -> None:

@@ -8,6 +8,7 @@ size) because on a serial line a late reply would otherwise be taken for the nex
 from __future__ import annotations
 
 import asyncio
+import termios
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -114,7 +115,8 @@ class ModbusLink:
             self._client = client
             try:
                 ok = await client.connect()
-            except (OSError, ModbusException) as exc:
+            except (OSError, ModbusException, termios.error, ValueError) as exc:
+                # termios.error: the line refused its settings (e.g. parity on a pty)
                 self._drop_client()
                 raise DeviceConnectionError(
                     f"cannot connect to {self.endpoint.key()}: {exc}"

@@ -20,13 +20,13 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Return the delay before the next attempt and count the attempt."""
-        ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 62)))
+        ceiling = min(self.cap_s, self.base_s * float(1 << min(self.attempt, 62)))
         self.attempt += 1
-        return self.rng.uniform(0.0, ceiling)
+        return float(self.rng.uniform(0.0, ceiling))
 
     def ceiling(self) -> float:
         """Return the current upper bound without counting an attempt."""
-        return min(self.cap_s, self.base_s * (2 ** min(self.attempt, 62)))
+        return min(self.cap_s, self.base_s * float(1 << min(self.attempt, 62)))
 
     def saturate(self) -> None:
         """Jump to the cap (used for errors retrying cannot fix soon, e.g. bad config)."""

@@ -162,6 +162,21 @@ async def test_registers_and_out_of_range(
     assert board.registers[:3] == (1, 2, 3)
 
 
+async def test_unknown_function_code_gets_illegal_function(endpoint: SimModbusEndpoint) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", endpoint.port)
+    try:
+        for unit, reply in [(1, "00070000000301c101"), (9, "00070000000309c10b")]:
+            writer.write(bytes([0, 7, 0, 0, 0, 2, unit, 0x41]))  # FC 0x41: not Modbus
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.read(64), 1.0)).hex() == reply
+        writer.write(bytes([0, 8, 0, 0, 0, 6, 1, 1, 0, 0, 0, 1]))  # FC1 still works after
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.read(64), 1.0)).hex() == "00080000000401010100"
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 @pytest.mark.parametrize(
     ("lock", "locked_unpowered"), [(LockType.FAIL_SECURE, True), (LockType.FAIL_SAFE, False)]
 )
@@ -314,7 +329,6 @@ async def test_tcp_corrupt_reply_is_rejected_then_recovers(
 
 async def test_gateway_hosts_units_and_answers_0x0b_for_missing_ones() -> None:
     async with SimModbusEndpoint() as ep:
-        assert isinstance(ep, SimModbusEndpoint)
         a = ep.add_board(SimModbusBoard("a", 1))
         b = ep.add_board(SimModbusBoard("b", 2))
         async with tcp_client(ep.port) as client:
@@ -418,6 +432,60 @@ async def test_rtu_unplug_fails_the_client_and_replug_works(
     line.replug()
     async with rtu_client(line.path) as client:
         assert await read_coils(client, 1, 7) == [False]
+
+
+async def test_rtu_line_never_replaces_a_real_file(tmp_path: Path) -> None:
+    device = tmp_path / "ttyUSB0"
+    device.write_text("not a pty")
+    line = SimRtuLine(device)
+    line.add_board(SimModbusBoard("x", 1))
+    with pytest.raises(FileExistsError):
+        await line.start()
+    assert device.read_text() == "not a pty"
+    assert not line.running
+    await line.stop()
+
+
+async def test_rtu_over_tcp_socket_url_with_even_parity() -> None:
+    settings = parse_toml(
+        """
+[controller]
+id = "t"
+[[boards]]
+name = "nport"
+transport = "rtu"
+device = "socket://127.0.0.1:4001"
+parity = "E"
+unit_id = 5
+[[doors]]
+name = "d"
+lock = "fail-secure"
+relay = { board = "nport", coil = 0 }
+contact = { board = "nport", input = 0 }
+"""
+    )
+    async with SimSite(settings, ports={"nport": 0}) as site:
+        url = site.device("nport")
+        assert url.startswith("socket://127.0.0.1:")
+        assert url != "socket://127.0.0.1:4001"
+        assert site.client_settings().board("nport").model_dump()["device"] == url
+        client = AsyncModbusSerialClient(url, parity="E", timeout=TIMEOUT_S, retries=0)
+        assert await client.connect()
+        try:
+            await client.write_coils(0, [True], device_id=5)
+            assert not site.door("d").locked
+            with pytest.raises(ModbusException):  # RS-485 rules: an unknown unit is silent
+                await client.read_coils(0, count=1, device_id=6)
+            site.board("nport").corrupt_next(1)
+            with pytest.raises(ModbusException):  # bad CRC
+                await client.read_coils(0, count=1, device_id=5)
+            await site.board("nport").set_offline(True)
+            with pytest.raises(ModbusException):
+                await client.read_coils(0, count=1, device_id=5)
+            await site.board("nport").set_offline(False)
+            assert await read_coils(client, 1, 5) == [True]
+        finally:
+            client.close()
 
 
 # ---- SimSite ----------------------------------------------------------------------------------
@@ -613,7 +681,7 @@ async def test_cli_commands_against_a_running_sim(
         assert await run("status") == 0
         out = capsys.readouterr().out
         assert "lobby-side" in out
-        assert "delay_s=0.15" in out
+        assert "delay 150 ms" in out
         assert await run("status", "--json") == 0
         assert json.loads(capsys.readouterr().out)["ok"] is True
         assert await run("door", "open", "nope") == 1

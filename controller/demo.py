@@ -1,0 +1,238 @@
+"""``warding demo``: simulators for every board of a site, the daemon as a subprocess, a live view.
+
+The simulators run in this process (so ``warding sim door open NAME`` from another terminal
+acts on them through their control socket); the daemon runs as a real ``warding run``
+subprocess on the same site file, and the view reads it only through its control API, like
+``wardctl`` does. ``--duration`` runs headless: events are printed as lines and the demo
+exits 0 after a clean daemon shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from controller.cli.wardctl import format_event, format_status
+from controller.errors import WardingError
+from controller.settings import Settings, demo_site_text, load_settings
+
+SIM_SOCKET_NAME = "sim.sock"
+
+
+async def api_call(path: Path, cmd: str, **args: Any) -> dict[str, Any]:
+    """One request/reply on the daemon's control socket (asyncio)."""
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    try:
+        writer.write(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    reply = json.loads(line)
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        raise WardingError(f"daemon refused {cmd}: {reply}")
+    return reply
+
+
+class Demo:
+    """Simulated site + daemon subprocess + view."""
+
+    def __init__(self, settings: Settings, site_file: Path, runtime: Path) -> None:
+        self.settings = settings
+        self.site_file = site_file
+        self.runtime = runtime
+        self.socket = settings.controller.socket
+        self.sim_socket = runtime / SIM_SOCKET_NAME
+        self.daemon: asyncio.subprocess.Process | None = None
+        self.last_seq = 0
+        self.recent: list[str] = []
+
+    async def start_daemon(self) -> None:
+        """Spawn ``warding run`` on the site file and wait for its control socket."""
+        log = (self.runtime / "daemon.log").open("ab")
+        self.daemon = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "controller.cli.warding",
+            "run",
+            "--config",
+            str(self.site_file),
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.daemon.returncode is not None:
+                raise WardingError(
+                    f"daemon exited with status {self.daemon.returncode}; "
+                    f"see {self.runtime / 'daemon.log'}"
+                )
+            with contextlib.suppress(OSError, WardingError, ValueError):
+                await api_call(self.socket, "ping")
+                return
+            await asyncio.sleep(0.1)
+        raise WardingError("daemon did not open its control socket within 20 s")
+
+    async def stop_daemon(self) -> int:
+        """SIGTERM the daemon and return its exit status."""
+        proc = self.daemon
+        if proc is None:
+            return 0
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        return proc.returncode or 0
+
+    async def new_events(self) -> list[dict[str, Any]]:
+        """Journal entries recorded since the last call."""
+        if self.last_seq == 0:
+            reply = await api_call(self.socket, "events", limit=10)
+        else:
+            reply = await api_call(self.socket, "events", after=self.last_seq, limit=500)
+        events: list[dict[str, Any]] = reply["events"]
+        if events:
+            self.last_seq = max(self.last_seq, *(int(e["seq"]) for e in events))
+        return events
+
+    async def sim(self, **request: Any) -> None:
+        """Act on the simulators as a person would."""
+        from simulators.control import control_request
+
+        await control_request(self.sim_socket, request)
+
+    async def script(self) -> None:
+        """A short scenario: a pulse and passage, REX exit, a forced door, a held door."""
+        doors = [d.name for d in self.settings.doors]
+        if not doors:
+            return
+        first = doors[0]
+        second = doors[1] if len(doors) > 1 else first
+        third = doors[2] if len(doors) > 2 else first
+        await asyncio.sleep(0.5)
+        await api_call(self.socket, "door", action="pulse", door=first, source="demo-script")
+        await asyncio.sleep(0.3)
+        await self.sim(cmd="door", action="open", name=first)
+        await asyncio.sleep(0.5)
+        await self.sim(cmd="door", action="close", name=first)
+        await asyncio.sleep(0.5)
+        await self.sim(cmd="door", action="rex", name=second)
+        await asyncio.sleep(0.3)
+        await self.sim(cmd="door", action="open", name=second)
+        await asyncio.sleep(0.3)
+        await self.sim(cmd="door", action="close", name=second)
+        await asyncio.sleep(0.5)
+        await self.sim(cmd="door", action="force", name=third)
+        await asyncio.sleep(0.5)
+        await self.sim(cmd="door", action="close", name=third)
+
+    async def headless(self, duration_s: float, script: bool) -> None:
+        """Print events as lines for ``duration_s`` seconds."""
+        task = asyncio.create_task(self.script()) if script else None
+        deadline = time.monotonic() + duration_s
+        try:
+            while time.monotonic() < deadline:
+                for e in await self.new_events():
+                    print(format_event(e), flush=True)
+                await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+            for e in await self.new_events():
+                print(format_event(e), flush=True)
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, WardingError):
+                    await task
+
+    async def live(self) -> None:
+        """Redraw status and recent events until Ctrl-C."""
+        while True:
+            status = await api_call(self.socket, "status")
+            for e in await self.new_events():
+                self.recent.append(format_event(e))
+            self.recent = self.recent[-12:]
+            width = shutil.get_terminal_size((120, 40)).columns
+            screen = [
+                "\x1b[H\x1b[2J" + "warding demo - live view (Ctrl-C to stop)".center(width),
+                "",
+                format_status(status),
+                "",
+                "last events:",
+                *(line[:width] for line in self.recent),
+                "",
+                "act on the site from another terminal, e.g.:",
+                f"  warding sim door open {self.settings.doors[0].name}    "
+                f"(also close, force, rex, tamper; --control {self.sim_socket})",
+                f"  wardctl --socket {self.socket} door pulse {self.settings.doors[0].name}",
+                f"  warding sim board offline {self.settings.boards[0].name}",
+            ]
+            sys.stdout.write("\n".join(screen) + "\n")
+            sys.stdout.flush()
+            await asyncio.sleep(0.5)
+
+
+async def _run(
+    settings: Settings, site_file: Path, runtime: Path, duration_s: float | None, script: bool
+) -> int:
+    from simulators.control import SimControlServer
+    from simulators.site import SimSite
+
+    demo = Demo(settings, site_file, runtime)
+    async with SimSite(settings) as site, SimControlServer(site, demo.sim_socket):
+        try:
+            await demo.start_daemon()
+            if duration_s is None:
+                print(f"daemon log: {runtime / 'daemon.log'}")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await demo.live()
+            else:
+                print(
+                    f"warding demo: {len(settings.doors)} doors on {len(settings.boards)} "
+                    f"simulated boards, running {duration_s:g}s",
+                    flush=True,
+                )
+                await demo.headless(duration_s, script)
+        finally:
+            status = await demo.stop_daemon()
+        if duration_s is not None:
+            print(f"warding demo: daemon exited with status {status}", flush=True)
+        return 0 if status == 0 else 1
+
+
+def run_demo(config: Path | None, *, duration_s: float | None = None, script: bool = False) -> int:
+    """Entry point of ``warding demo``."""
+    settings = load_settings(config)
+    runtime = settings.controller.socket.parent
+    runtime.mkdir(parents=True, exist_ok=True)
+    site_file = runtime / "site.toml"
+    if config is None:
+        site_file.write_text(demo_site_text(), encoding="utf-8")
+    else:
+        site_file.write_bytes(Path(config).read_bytes())
+    os.environ.setdefault("WARDING_SIM_SOCKET", str(runtime / SIM_SOCKET_NAME))
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(_run(settings, site_file, runtime, duration_s, script))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        return loop.run_until_complete(main)
+    except asyncio.CancelledError:
+        return 0
+    except (OSError, WardingError) as exc:
+        print(f"warding demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
