@@ -1,0 +1,484 @@
+"""Door fan-out: lock every door of a site and time it until every relay is read back.
+
+``python -m bench.door_fanout --json`` runs the real ``Daemon`` in this process (journal and
+control socket in a temp dir) against simulated Modbus TCP boards in a subprocess. Each round:
+
+* warding: (untimed) ``command_many(all, "unlock")``, then (timed) ``command_many(all, "lock")``
+  from the call until every door's result is in; a round counts only if all are confirmed.
+* floor: the same traffic with raw pymodbus and no warding code - per board, concurrently, one
+  FC15 of the same coil values and one FC1 readback of the same span (untimed unlock, timed
+  lock). It talks to twin boards in the same simulator process: writing the daemon's own boards
+  behind its back would (rightly) fault its doors.
+* rtt: one FC15 round trip to one twin board.
+
+The three alternate round by round (warding first on even rounds, floor first on odd ones) and
+each timed step starts after the same random pause (0..poll interval), so machine noise and the
+phase of the daemon's input polling hit both alike. The daemon's polling keeps running all the
+time, as in a deployment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench._common import (
+    SimulatorError,
+    SimulatorProcess,
+    emit_json,
+    free_ports,
+    quiet_logs,
+    summarize,
+    temp_dir,
+)
+
+TARGET_RATIO_P99 = 1.25
+HOST = "127.0.0.1"
+UNIT_ID = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """What to run."""
+
+    rounds: int = 200
+    warmup: int = 10
+    doors: int = 256
+    boards: int = 16
+    poll_interval_ms: int = 50
+    timeout_ms: int = 1000
+    seed: int = 1
+
+    @property
+    def doors_per_board(self) -> int:
+        """Doors (and coils used) on each board."""
+        return self.doors // self.boards
+
+
+@dataclass(slots=True)
+class Samples:
+    """Raw timings (seconds) and counters collected over the rounds."""
+
+    warding: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+    rtt: list[float] = field(default_factory=list)
+    failures: int = 0
+    floor_failures: int = 0
+    rtt_failures: int = 0
+    errors: list[str] = field(default_factory=list)
+    fc15_per_lock: list[int] = field(default_factory=list)
+    polls_in_window: list[int] = field(default_factory=list)
+    journal_backlog: list[int] = field(default_factory=list)
+
+    def note(self, error: str) -> None:
+        """Keep the first few distinct errors for the report."""
+        if error not in self.errors and len(self.errors) < 5:
+            self.errors.append(error)
+
+
+# -- site files -----------------------------------------------------------------------------
+
+
+def _board_lines(name: str, port: int, opts: Options) -> list[str]:
+    return [
+        "[[boards]]",
+        f'name = "{name}"',
+        'transport = "tcp"',
+        f'host = "{HOST}"',
+        f"port = {port}",
+        f"unit_id = {UNIT_ID}",
+        f"coils = {opts.doors_per_board}",
+        "inputs = 16",
+        f"timeout_ms = {opts.timeout_ms}",
+        f"poll_interval_ms = {opts.poll_interval_ms}",
+        "backoff_initial_ms = 50",
+        "backoff_max_ms = 500",
+        "",
+    ]
+
+
+def site_files(
+    workdir: Path, warding_ports: Sequence[int], raw_ports: Sequence[int], opts: Options
+) -> tuple[str, str]:
+    """(daemon site TOML, simulator site TOML): the simulator also hosts the twin boards."""
+    head = [
+        "[controller]",
+        'id = "bench-fanout"',
+        f'socket = "{workdir / "control.sock"}"',
+        f'journal = "{workdir / "journal.db"}"',
+        'log_level = "warning"',
+        "",
+    ]
+    boards: list[str] = []
+    for b, port in enumerate(warding_ports):
+        boards += _board_lines(f"w{b:02d}", port, opts)
+    twins: list[str] = []
+    for b, port in enumerate(raw_ports):
+        twins += _board_lines(f"r{b:02d}", port, opts)
+    doors: list[str] = []
+    for i in range(opts.doors):
+        board, coil = divmod(i, opts.doors_per_board)
+        doors += [
+            "[[doors]]",
+            f'name = "d{i:03d}"',
+            'zone = "bench"',
+            'lock = "fail-secure"',
+            f'relay = {{ board = "w{board:02d}", coil = {coil} }}',
+            "",
+        ]
+    daemon = "\n".join(head + boards + doors)
+    sim = "\n".join(head + boards + twins + doors)
+    return daemon, sim
+
+
+# -- the measurement ------------------------------------------------------------------------
+
+
+class Bench:
+    """The daemon under test, the raw clients of the floor, and the rounds."""
+
+    def __init__(self, opts: Options, settings: Any, raw_ports: Sequence[int], workdir: Path):
+        from controller.app import Daemon
+        from controller.sdnotify import SdNotifier
+
+        self.opts = opts
+        self.daemon = Daemon(
+            settings,
+            socket_path=workdir / "control.sock",
+            journal_path=workdir / "journal.db",
+            notifier=SdNotifier(None),  # never talk to a systemd that runs the bench
+            ready_timeout_s=20.0,
+        )
+        self.raw_ports = list(raw_ports)
+        self.clients: list[Any] = []
+        self.rng = random.Random(opts.seed)
+        self.samples = Samples()
+        self._task: asyncio.Task[int] | None = None
+
+    # -- set-up and tear-down
+
+    async def start(self) -> None:
+        """Run the daemon until it is ready with every board up; connect the raw clients."""
+        from pymodbus.client import AsyncModbusTcpClient
+        from pymodbus.framer import FramerType
+
+        from drivers.base import LinkState
+
+        self._task = asyncio.create_task(self.daemon.run(), name="daemon")
+        ready = asyncio.create_task(self.daemon.ready.wait())
+        await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            await self._task  # raises what stopped the daemon
+            raise RuntimeError("daemon stopped before it was ready")
+        down = [n for n, b in self.daemon.boards.items() if b.link is not LinkState.UP]
+        if down:
+            raise RuntimeError(f"boards not up after start-up: {down}")
+        for port in self.raw_ports:
+            client = AsyncModbusTcpClient(
+                HOST,
+                port=port,
+                framer=FramerType.SOCKET,
+                timeout=self.opts.timeout_ms / 1000,
+                retries=0,
+                reconnect_delay=0,
+                reconnect_delay_max=0,
+            )
+            self.clients.append(client)
+        connected = await asyncio.gather(*(c.connect() for c in self.clients))
+        if not all(connected):
+            raise RuntimeError("raw clients could not connect to the twin boards")
+
+    async def stop(self) -> None:
+        """Close the raw clients and shut the daemon down (relays to their fail state)."""
+        for client in self.clients:
+            client.close()
+        self.daemon.shutdown.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 15.0)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+
+    # -- one step of each kind
+
+    async def _pause(self) -> None:
+        """A random pause of up to one poll interval (same distribution for every kind)."""
+        await asyncio.sleep(self.rng.uniform(0.0, self.opts.poll_interval_ms / 1000))
+
+    async def warding_round(self, record: bool) -> None:
+        """Unlock all (untimed), then time locking all until every readback confirmed."""
+        doors = self.daemon.doors
+        assert doors is not None
+        names = doors.door_names
+        ok = True
+        results = await doors.command_many(names, "unlock", source="bench")
+        bad = [r for r in results if not r.confirmed]
+        if bad:
+            ok = False
+            self.samples.note(f"unlock {bad[0].door}: {bad[0].error}")
+        await self._pause()
+        boards = self.daemon.boards.values()
+        fc15 = sum(b.stats["fc15"] for b in boards)
+        polls = sum(b.stats["polls"] for b in boards)
+        t0 = time.perf_counter()
+        results = await doors.command_many(names, "lock", source="bench")
+        elapsed = time.perf_counter() - t0
+        bad = [r for r in results if not r.confirmed]
+        if bad or len(results) != len(names):
+            ok = False
+            if bad:
+                self.samples.note(f"lock {bad[0].door}: {bad[0].error}")
+        if not record:
+            return
+        self.samples.fc15_per_lock.append(sum(b.stats["fc15"] for b in boards) - fc15)
+        self.samples.polls_in_window.append(sum(b.stats["polls"] for b in boards) - polls)
+        if self.daemon.journal is not None:
+            self.samples.journal_backlog.append(self.daemon.journal.backlog)
+        if ok:
+            self.samples.warding.append(elapsed)
+        else:
+            self.samples.failures += 1
+
+    async def _raw_board(self, client: Any, values: list[bool]) -> bool:
+        """FC15 of ``values`` at coil 0, then FC1 of the same span; True if read back equal."""
+        from pymodbus.exceptions import ModbusException
+
+        try:
+            wr = await client.write_coils(0, values, device_id=UNIT_ID)
+            if wr.isError():
+                self.samples.note(f"floor FC15: {wr}")
+                return False
+            rr = await client.read_coils(0, count=len(values), device_id=UNIT_ID)
+        except ModbusException as exc:
+            self.samples.note(f"floor: {exc}")
+            return False
+        if rr.isError():
+            self.samples.note(f"floor FC1: {rr}")
+            return False
+        return [bool(b) for b in rr.bits[: len(values)]] == values
+
+    async def floor_round(self, record: bool) -> None:
+        """The same work with raw pymodbus: energise all (untimed), then time de-energising."""
+        k = self.opts.doors_per_board
+        ok = all(await asyncio.gather(*(self._raw_board(c, [True] * k) for c in self.clients)))
+        await self._pause()
+        t0 = time.perf_counter()
+        done = await asyncio.gather(*(self._raw_board(c, [False] * k) for c in self.clients))
+        elapsed = time.perf_counter() - t0
+        if not record:
+            return
+        if ok and all(done):
+            self.samples.floor.append(elapsed)
+        else:
+            self.samples.floor_failures += 1
+
+    async def rtt_round(self, record: bool) -> None:
+        """One FC15 round trip to one twin board (the values it already holds)."""
+        from pymodbus.exceptions import ModbusException
+
+        values = [False] * self.opts.doors_per_board
+        await self._pause()
+        t0 = time.perf_counter()
+        try:
+            reply = await self.clients[0].write_coils(0, values, device_id=UNIT_ID)
+            ok = not reply.isError()
+        except ModbusException as exc:
+            self.samples.note(f"rtt: {exc}")
+            ok = False
+        elapsed = time.perf_counter() - t0
+        if not record:
+            return
+        if ok:
+            self.samples.rtt.append(elapsed)
+        else:
+            self.samples.rtt_failures += 1
+
+    async def run_rounds(self) -> Samples:
+        """Warm-up rounds (not recorded), then the measured rounds, alternating A/B."""
+        total = self.opts.warmup + self.opts.rounds
+        for i in range(total):
+            if self.daemon.shutdown.is_set() or (self._task is not None and self._task.done()):
+                raise RuntimeError("the daemon stopped during the benchmark")
+            record = i >= self.opts.warmup
+            if i % 2 == 0:
+                await self.warding_round(record)
+                await self.floor_round(record)
+            else:
+                await self.floor_round(record)
+                await self.warding_round(record)
+            await self.rtt_round(record)
+        return self.samples
+
+
+async def _measure(opts: Options, settings: Any, raw_ports: Sequence[int], workdir: Path) -> Samples:
+    bench = Bench(opts, settings, raw_ports, workdir)
+    try:
+        await bench.start()
+        return await bench.run_rounds()
+    finally:
+        await bench.stop()
+
+
+def run(opts: Options, *, attempts: int = 3) -> dict[str, Any]:
+    """Start simulators, measure, and return the figures (the JSON object)."""
+    from controller.settings import parse_toml
+
+    quiet_logs("error")
+    last: Exception | None = None
+    for _ in range(attempts):  # a port picked as free may be taken by someone else meanwhile
+        with temp_dir("wfan-") as workdir:
+            ports = free_ports(2 * opts.boards)
+            warding_ports, raw_ports = ports[: opts.boards], ports[opts.boards :]
+            daemon_toml, sim_toml = site_files(workdir, warding_ports, raw_ports, opts)
+            (workdir / "sim.toml").write_text(sim_toml, "utf-8")
+            settings = parse_toml(daemon_toml, "<bench daemon site>")
+            sim = SimulatorProcess(workdir / "sim.toml", ports, workdir=workdir)
+            try:
+                sim.start()
+            except SimulatorError as exc:
+                last = exc
+                continue
+            try:
+                samples = asyncio.run(_measure(opts, settings, raw_ports, workdir))
+            finally:
+                sim.stop()
+            return report(opts, samples)
+    raise SimulatorError(f"simulators did not start: {last}")
+
+
+def report(opts: Options, s: Samples) -> dict[str, Any]:
+    """The JSON object: warding p50/p99, the floors, their ratios and the counters."""
+    if not s.warding or not s.floor or not s.rtt:
+        raise RuntimeError(
+            f"no successful rounds (failures={s.failures}, floor_failures={s.floor_failures}, "
+            f"rtt_failures={s.rtt_failures}): {s.errors}"
+        )
+    w, f, r = summarize(s.warding), summarize(s.floor), summarize(s.rtt)
+    ratio_p99 = w.p99_ms / f.p99_ms
+    out: dict[str, Any] = {
+        "bench": "door_fanout",
+        "p50_ms": round(w.p50_ms, 3),
+        "p99_ms": round(w.p99_ms, 3),
+        "floor_ms": round(f.p99_ms, 3),
+        "floor_p50_ms": round(f.p50_ms, 3),
+        "rtt_ms": round(r.p99_ms, 3),
+        "rtt_p50_ms": round(r.p50_ms, 3),
+        "ratio_p99": round(ratio_p99, 3),
+        "ratio_p50": round(w.p50_ms / f.p50_ms, 3),
+        "target_ratio_p99": TARGET_RATIO_P99,
+        "target_met": ratio_p99 <= TARGET_RATIO_P99 and s.failures == 0,
+        "n": w.n,
+        "floor_n": f.n,
+        "rtt_n": r.n,
+        "rounds": opts.rounds,
+        "warmup": opts.warmup,
+        "doors": opts.doors,
+        "boards": opts.boards,
+        "poll_interval_ms": opts.poll_interval_ms,
+        "failures": s.failures,
+        "floor_failures": s.floor_failures,
+        "rtt_failures": s.rtt_failures,
+        "max_ms": round(w.max_ms, 3),
+        "floor_max_ms": round(f.max_ms, 3),
+        "fc15_per_lock": max(s.fc15_per_lock, default=0),
+        "polls_in_window_mean": round(
+            sum(s.polls_in_window) / max(1, len(s.polls_in_window)), 3
+        ),
+        "journal_backlog_max": max(s.journal_backlog, default=0),
+    }
+    if s.errors:
+        out["errors"] = s.errors
+    return out
+
+
+def summary_text(r: dict[str, Any]) -> str:
+    """A few readable lines of the figures."""
+    met = "met" if r["target_met"] else "MISSED"
+    return "\n".join(
+        [
+            f"door fan-out: {r['doors']} doors on {r['boards']} boards, {r['n']} rounds, "
+            f"poll every {r['poll_interval_ms']} ms",
+            f"  warding lock-all  p50 {r['p50_ms']:8.3f} ms   p99 {r['p99_ms']:8.3f} ms",
+            f"  raw pymodbus      p50 {r['floor_p50_ms']:8.3f} ms   p99 {r['floor_ms']:8.3f} ms",
+            f"  one FC15 RTT      p50 {r['rtt_p50_ms']:8.3f} ms   p99 {r['rtt_ms']:8.3f} ms",
+            f"  ratio p99 {r['ratio_p99']:.3f} (target <= {r['target_ratio_p99']}: {met}), "
+            f"ratio p50 {r['ratio_p50']:.3f}, failures {r['failures']}",
+        ]
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (got {value})")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    if text.strip() == "0":
+        return 0
+    return _positive(text)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
+    """Options from the command line, and whether to print JSON only."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench.door_fanout",
+        description="Time locking every door until each relay is read back, against raw "
+        "pymodbus doing the same work in the same run.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object only")
+    p.add_argument("--rounds", type=_positive, default=200, help="measured rounds (200)")
+    p.add_argument("--warmup", type=_non_negative, default=10, help="unrecorded rounds (10)")
+    p.add_argument("--doors", type=_positive, default=256, help="doors (256)")
+    p.add_argument("--boards", type=_positive, default=16, help="boards (16)")
+    p.add_argument("--poll-ms", type=_positive, default=50, help="input poll interval (50)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the random pauses")
+    args = p.parse_args(argv)
+    if args.doors % args.boards:
+        p.error("--doors must be a multiple of --boards")
+    if not 5 <= args.poll_ms <= 60_000:
+        p.error("--poll-ms must be between 5 and 60000")
+    if args.doors // args.boards > 1968:
+        p.error("at most 1968 doors per board (one FC15)")
+    opts = Options(
+        rounds=args.rounds,
+        warmup=args.warmup,
+        doors=args.doors,
+        boards=args.boards,
+        poll_interval_ms=args.poll_ms,
+        seed=args.seed,
+    )
+    return opts, bool(args.json)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark; print JSON (``--json``) or a summary followed by the JSON."""
+    opts, json_only = parse_args(argv)
+    try:
+        result = run(opts)
+    except (SimulatorError, RuntimeError) as exc:
+        print(f"door_fanout: {exc}", file=sys.stderr)
+        return 1
+    if not json_only:
+        print(summary_text(result))
+    emit_json(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
