@@ -32,6 +32,7 @@ __all__ = [
     "percentile",
     "quiet_logs",
     "summarize",
+    "temp_dir",
     "wait_for_ports",
 ]
 
@@ -202,7 +203,7 @@ class SimulatorProcess:
         if self.proc is not None:
             return
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
                 self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -253,5 +254,5 @@ class SimulatorProcess:
 @contextlib.contextmanager
 def temp_dir(prefix: str) -> Iterator[Path]:
     """A temporary directory (short path: Unix sockets live in it), removed afterwards."""
-    with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp") as d:  # noqa: S108
+    with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp") as d:
         yield Path(d)

@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
+
 from bench._common import (
     SimulatorError,
     SimulatorProcess,
@@ -39,6 +43,10 @@ from bench._common import (
     summarize,
     temp_dir,
 )
+from controller.app import Daemon
+from controller.sdnotify import SdNotifier
+from controller.settings import Settings, parse_toml
+from drivers.base import LinkState
 
 TARGET_RATIO_P99 = 1.25
 HOST = "127.0.0.1"
@@ -145,10 +153,7 @@ def site_files(
 class Bench:
     """The daemon under test, the raw clients of the floor, and the rounds."""
 
-    def __init__(self, opts: Options, settings: Any, raw_ports: Sequence[int], workdir: Path):
-        from controller.app import Daemon
-        from controller.sdnotify import SdNotifier
-
+    def __init__(self, opts: Options, settings: Settings, raw_ports: Sequence[int], workdir: Path):
         self.opts = opts
         self.daemon = Daemon(
             settings,
@@ -158,7 +163,7 @@ class Bench:
             ready_timeout_s=20.0,
         )
         self.raw_ports = list(raw_ports)
-        self.clients: list[Any] = []
+        self.clients: list[AsyncModbusTcpClient] = []
         self.rng = random.Random(opts.seed)
         self.samples = Samples()
         self._task: asyncio.Task[int] | None = None
@@ -167,11 +172,6 @@ class Bench:
 
     async def start(self) -> None:
         """Run the daemon until it is ready with every board up; connect the raw clients."""
-        from pymodbus.client import AsyncModbusTcpClient
-        from pymodbus.framer import FramerType
-
-        from drivers.base import LinkState
-
         self._task = asyncio.create_task(self.daemon.run(), name="daemon")
         ready = asyncio.create_task(self.daemon.ready.wait())
         await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -250,10 +250,8 @@ class Bench:
         else:
             self.samples.failures += 1
 
-    async def _raw_board(self, client: Any, values: list[bool]) -> bool:
+    async def _raw_board(self, client: AsyncModbusTcpClient, values: list[bool]) -> bool:
         """FC15 of ``values`` at coil 0, then FC1 of the same span; True if read back equal."""
-        from pymodbus.exceptions import ModbusException
-
         try:
             wr = await client.write_coils(0, values, device_id=UNIT_ID)
             if wr.isError():
@@ -285,8 +283,6 @@ class Bench:
 
     async def rtt_round(self, record: bool) -> None:
         """One FC15 round trip to one twin board (the values it already holds)."""
-        from pymodbus.exceptions import ModbusException
-
         values = [False] * self.opts.doors_per_board
         await self._pause()
         t0 = time.perf_counter()
@@ -321,7 +317,9 @@ class Bench:
         return self.samples
 
 
-async def _measure(opts: Options, settings: Any, raw_ports: Sequence[int], workdir: Path) -> Samples:
+async def _measure(
+    opts: Options, settings: Settings, raw_ports: Sequence[int], workdir: Path
+) -> Samples:
     bench = Bench(opts, settings, raw_ports, workdir)
     try:
         await bench.start()
@@ -332,8 +330,6 @@ async def _measure(opts: Options, settings: Any, raw_ports: Sequence[int], workd
 
 def run(opts: Options, *, attempts: int = 3) -> dict[str, Any]:
     """Start simulators, measure, and return the figures (the JSON object)."""
-    from controller.settings import parse_toml
-
     quiet_logs("error")
     last: Exception | None = None
     for _ in range(attempts):  # a port picked as free may be taken by someone else meanwhile
@@ -392,9 +388,7 @@ def report(opts: Options, s: Samples) -> dict[str, Any]:
         "max_ms": round(w.max_ms, 3),
         "floor_max_ms": round(f.max_ms, 3),
         "fc15_per_lock": max(s.fc15_per_lock, default=0),
-        "polls_in_window_mean": round(
-            sum(s.polls_in_window) / max(1, len(s.polls_in_window)), 3
-        ),
+        "polls_in_window_mean": round(sum(s.polls_in_window) / max(1, len(s.polls_in_window)), 3),
         "journal_backlog_max": max(s.journal_backlog, default=0),
     }
     if s.errors:

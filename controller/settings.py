@@ -22,7 +22,9 @@ import sys
 import tomllib
 import types
 import typing
+import zoneinfo
 from collections.abc import Mapping, Sequence
+from datetime import date
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -39,6 +41,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from controller.access.model import DoorMode, Interval, Schedule
 from controller.errors import ConfigError, Problem
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -246,6 +249,178 @@ class DoorSettings(_Model):
     rex_pulse_s: float = Field(
         default=5.0, gt=0, le=3600, strict=True, description="Unlock time after a REX."
     )
+    mode: DoorMode = Field(
+        default=DoorMode.CARD,
+        description="What a credential must present: card, card+pin, pin, two-person, "
+        "free or locked.",
+    )
+    free_schedule: Name | None = Field(
+        default=None,
+        description="Name of a [[schedules]] entry during which the door is unlocked.",
+    )
+
+
+WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+_INTERVAL = re.compile(
+    r"^\s*(?P<days>[a-z]+(?:-[a-z]+)?(?:,[a-z]+(?:-[a-z]+)?)*)\s+"
+    r"(?P<h1>\d{1,2}):(?P<m1>\d{2})-(?P<h2>\d{1,2}):(?P<m2>\d{2})\s*$"
+)
+
+
+def parse_interval(text: str) -> tuple[Interval, ...]:
+    """Parse ``"mon-fri 08:00-18:00"`` (also ``daily``, ``holiday``, ``sat,sun``) into intervals."""
+    m = _INTERVAL.match(text.lower())
+    if m is None:
+        raise ValueError(f"expected e.g. 'mon-fri 08:00-18:00' (got {text!r})")
+    start = int(m["h1"]) * 60 + int(m["m1"])
+    end = int(m["h2"]) * 60 + int(m["m2"])
+    if int(m["m1"]) > 59 or int(m["m2"]) > 59 or start > 1440 or end > 1440 or start >= end:
+        raise ValueError(
+            f"expected a time range within 00:00-24:00, start before end (got {text!r})"
+        )
+    days: list[int] = []
+    for part in m["days"].split(","):
+        if part == "daily":
+            days.extend(range(7))
+        elif part == "holiday":
+            days.append(7)
+        elif "-" in part:
+            a, b = part.split("-")
+            if a not in WEEKDAYS or b not in WEEKDAYS:
+                raise ValueError(f"unknown day in {text!r}; use mon..sun, daily or holiday")
+            lo, hi = WEEKDAYS[a], WEEKDAYS[b]
+            days.extend(range(lo, hi + 1) if lo <= hi else [*range(lo, 7), *range(0, hi + 1)])
+        elif part in WEEKDAYS:
+            days.append(WEEKDAYS[part])
+        else:
+            raise ValueError(f"unknown day {part!r} in {text!r}; use mon..sun, daily or holiday")
+    return tuple(Interval(d, start, end) for d in sorted(set(days)))
+
+
+def _interval_text(value: str) -> str:
+    parse_interval(value)
+    return value
+
+
+class ScheduleSettings(_Model):
+    """A named weekly schedule, used by doors (free access) and access levels."""
+
+    name: Name = Field(description="Name of the schedule.")
+    intervals: tuple[Annotated[str, AfterValidator(_interval_text)], ...] = Field(
+        min_length=1,
+        description="Intervals such as 'mon-fri 08:00-18:00', 'sat,sun 10:00-14:00', "
+        "'holiday 09:00-12:00', 'daily 00:00-24:00'.",
+    )
+
+    def schedule(self) -> Schedule:
+        """The policy's view of this schedule."""
+        return Schedule(self.name, tuple(i for t in self.intervals for i in parse_interval(t)))
+
+
+class ZoneSettings(_Model):
+    """Per-zone access rules."""
+
+    name: Name = Field(description="A zone named by doors' 'zone'.")
+    anti_passback: Literal["off", "soft", "hard"] = Field(
+        default="off",
+        description="off; soft = grant and alarm; hard = deny a second entry without exit.",
+    )
+
+
+class InterlockSettings(_Model):
+    """A group of doors of which at most one may be unlocked or open (a mantrap)."""
+
+    name: Name = Field(description="Name of the interlock group.")
+    doors: tuple[Name, ...] = Field(min_length=2, description="Doors of the group.")
+
+
+def _timezone(value: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (e.g. 'Europe/Berlin', 'UTC')") from None
+    return value
+
+
+class AccessSettings(_Model):
+    """Site-wide access-control policy."""
+
+    timezone: Annotated[str, AfterValidator(_timezone)] = Field(
+        default="UTC", description="IANA time zone for schedules and validity windows."
+    )
+    credentials_db: FilePath = Field(
+        default=Path("/var/lib/warding/credentials.db"),
+        description="SQLite credential store.",
+    )
+    secret_file: FilePath = Field(
+        default=Path("/etc/warding/site.secret"),
+        description="Site secret for keyed hashes of card numbers and PINs (mode 0600).",
+    )
+    pin_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, strict=True, description="Time to enter a PIN after a card."
+    )
+    two_person_window_s: float = Field(
+        default=10.0, gt=0, le=300, strict=True, description="Window for the second person."
+    )
+    throttle_denials: int = Field(
+        default=5, ge=1, le=1000, strict=True, description="Denied reads that trip the throttle."
+    )
+    throttle_window_s: float = Field(
+        default=30.0, gt=0, le=3600, strict=True, description="Window of the denied reads."
+    )
+    throttle_lockout_s: float = Field(
+        default=60.0, gt=0, le=86_400, strict=True, description="How long a reader is ignored."
+    )
+    duress: Literal["off", "last-digit-plus-one"] = Field(
+        default="off",
+        description="Duress PIN scheme: the PIN with its last digit plus one (9 -> 0) grants "
+        "as usual and raises a silent duress alarm.",
+    )
+    holidays: tuple[date, ...] = Field(default=(), description="Holiday dates (YYYY-MM-DD).")
+
+
+class OsdpBusSettings(_Model):
+    """An OSDP RS-485 line with one or more readers (warding is the control panel)."""
+
+    driver: Literal["osdp"] = Field(description="'osdp'.")
+    name: Name = Field(description="Name that readers use to refer to this bus.")
+    device: Token = Field(description="Serial device path.")
+    baudrate: int = Field(default=115200, ge=9600, le=230400, strict=True, description="Baud rate.")
+
+
+class SerialReaderBusSettings(_Model):
+    """A Wiegand-to-serial / ASCII converter: one reader, one line of text per card."""
+
+    driver: Literal["serial"] = Field(description="'serial'.")
+    name: Name = Field(description="Name that readers use to refer to this line.")
+    device: Token = Field(description="Serial device path, or socket://host:port.")
+    baudrate: int = Field(default=9600, ge=300, le=230400, strict=True, description="Baud rate.")
+    framing: Literal["auto", "wiegand-hex", "decimal", "uid-hex"] = Field(
+        default="auto", description="How the converter prints a card (docs/readers.md)."
+    )
+
+
+ReaderBusSettings = Annotated[
+    OsdpBusSettings | SerialReaderBusSettings, Field(discriminator="driver")
+]
+
+
+class ReaderSettings(_Model):
+    """A credential reader at a door."""
+
+    name: Name = Field(description="Name of the reader, unique on the site.")
+    bus: Name = Field(description="Name of a [[reader_buses]] entry.")
+    door: Name = Field(description="Door this reader opens.")
+    direction: Literal["in", "out"] = Field(
+        default="in", description="'in' enters the door's zone, 'out' leaves it."
+    )
+    address: int = Field(default=0, ge=0, le=126, strict=True, description="OSDP PD address.")
+    key_file: FilePath | None = Field(
+        default=None, description="OSDP Secure Channel base key file (32 hex digits)."
+    )
+    secure_channel: bool = Field(
+        default=True, strict=True, description="Require OSDP Secure Channel (alarm without)."
+    )
 
 
 class Settings(_Model):
@@ -254,6 +429,12 @@ class Settings(_Model):
     controller: ControllerSettings = Field(description="This controller.")
     boards: tuple[BoardSettings, ...] = Field(min_length=1, description="Modbus relay/IO boards.")
     doors: tuple[DoorSettings, ...] = Field(min_length=1, description="Doors.")
+    access: AccessSettings = Field(default_factory=AccessSettings, description="Access policy.")
+    schedules: tuple[ScheduleSettings, ...] = Field(default=(), description="Weekly schedules.")
+    zones: tuple[ZoneSettings, ...] = Field(default=(), description="Per-zone rules.")
+    interlocks: tuple[InterlockSettings, ...] = Field(default=(), description="Interlocks.")
+    reader_buses: tuple[ReaderBusSettings, ...] = Field(default=(), description="Reader lines.")
+    readers: tuple[ReaderSettings, ...] = Field(default=(), description="Credential readers.")
 
     def board(self, name: str) -> TcpBoardSettings | RtuBoardSettings:
         """Return the board called ``name`` (KeyError if absent)."""
@@ -273,8 +454,18 @@ class Settings(_Model):
 _Board = TcpBoardSettings | RtuBoardSettings
 _BOARD_ADAPTER: TypeAdapter[_Board] = TypeAdapter(BoardSettings)
 _DISCRIMINATOR = "transport"
-_TAGS = frozenset({"tcp", "rtu"})
-_SECTIONS = ("controller", "boards", "doors")
+_TAGS = frozenset({"tcp", "rtu", "osdp", "serial"})
+_SECTIONS = (
+    "controller",
+    "boards",
+    "doors",
+    "access",
+    "schedules",
+    "zones",
+    "interlocks",
+    "reader_buses",
+    "readers",
+)
 
 _SHOW = reprlib.Repr()
 _SHOW.maxstring = 40
@@ -645,6 +836,84 @@ def _door_sketch(item: object) -> DoorSettings | None:
     )
 
 
+def _dupes(items: Sequence[Any], section: str, what: str, file: str) -> list[Problem]:
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(items):
+        if item.name in seen:
+            out.append(
+                Problem(f"{section}[{i}].name", f"duplicate {what} name {item.name!r}", file)
+            )
+        seen.add(item.name)
+    return out
+
+
+def _cross_check_access(settings: Settings, file: str) -> list[Problem]:
+    """References between doors, schedules, zones, interlocks, reader buses and readers."""
+    problems: list[Problem] = []
+    problems += _dupes(settings.schedules, "schedules", "schedule", file)
+    problems += _dupes(settings.zones, "zones", "zone", file)
+    problems += _dupes(settings.interlocks, "interlocks", "interlock", file)
+    problems += _dupes(settings.reader_buses, "reader_buses", "reader bus", file)
+    problems += _dupes(settings.readers, "readers", "reader", file)
+    doors = {d.name for d in settings.doors}
+    schedules = {s.name for s in settings.schedules}
+    for i, d in enumerate(settings.doors):
+        if d.free_schedule is not None and d.free_schedule not in schedules:
+            problems.append(
+                Problem(
+                    f"doors[{i}].free_schedule",
+                    f"undefined schedule {d.free_schedule!r}"
+                    + (f"; defined: {', '.join(sorted(schedules))}" if schedules else ""),
+                    file,
+                )
+            )
+    for i, il in enumerate(settings.interlocks):
+        for j, name in enumerate(il.doors):
+            if name not in doors:
+                problems.append(
+                    Problem(f"interlocks[{i}].doors[{j}]", f"undefined door {name!r}", file)
+                )
+        if len(set(il.doors)) != len(il.doors):
+            problems.append(Problem(f"interlocks[{i}].doors", "a door is listed twice", file))
+    buses = {b.name: b for b in settings.reader_buses}
+    addresses: dict[tuple[str, int], str] = {}
+    per_bus: dict[str, int] = {}
+    for i, r in enumerate(settings.readers):
+        bus = buses.get(r.bus)
+        if r.door not in doors:
+            problems.append(Problem(f"readers[{i}].door", f"undefined door {r.door!r}", file))
+        if bus is None:
+            problems.append(Problem(f"readers[{i}].bus", f"undefined reader bus {r.bus!r}", file))
+            continue
+        per_bus[r.bus] = per_bus.get(r.bus, 0) + 1
+        if isinstance(bus, SerialReaderBusSettings) and per_bus[r.bus] > 1:
+            problems.append(
+                Problem(f"readers[{i}].bus", f"serial line {r.bus!r} carries one reader only", file)
+            )
+        if isinstance(bus, OsdpBusSettings):
+            key = (r.bus, r.address)
+            if key in addresses:
+                problems.append(
+                    Problem(
+                        f"readers[{i}].address",
+                        f"address {r.address} on bus {r.bus!r} is already used by reader "
+                        f"{addresses[key]!r}",
+                        file,
+                    )
+                )
+            addresses.setdefault(key, r.name)
+            if r.secure_channel and r.key_file is None:
+                problems.append(
+                    Problem(
+                        f"readers[{i}].key_file",
+                        "required when secure_channel = true (the reader's SCBK file)",
+                        file,
+                    )
+                )
+    return problems
+
+
 def parse_settings(document: Mapping[str, Any], file: str = "<config>") -> Settings:
     """Validate an already-parsed document; raise ConfigError listing every problem."""
     if not isinstance(document, Mapping):
@@ -684,6 +953,7 @@ def parse_settings(document: Mapping[str, Any], file: str = "<config>") -> Setti
     problems = _cross_check(
         settings.controller, list(enumerate(settings.boards)), list(enumerate(settings.doors)), file
     )
+    problems += _cross_check_access(settings, file)
     if problems:
         problems.sort(key=_order)
         raise ConfigError(problems)

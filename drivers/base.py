@@ -61,8 +61,6 @@ class DeviceFault:
     coils: frozenset[int] = frozenset()
 
 
-DriverEvent = LinkChanged | InputsRead | CoilsRead | DeviceFault
-EventSink = Callable[[DriverEvent], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,3 +99,90 @@ class RelayBoard(Protocol):
     async def close(self) -> None:
         """Close the link; idempotent."""
         ...
+
+
+# -- credential readers ----------------------------------------------------------------------
+
+
+class CardFraming(StrEnum):
+    """How a reader delivered card data."""
+
+    WIEGAND = "wiegand"  # ``data`` holds ``bits`` bits, MSB first, left-aligned, parity included
+    UID = "uid"  # ``data`` is a raw card UID / serial number as read (byte order as sent)
+    NUMBER = "number"  # ``text`` holds a decimal card number an ASCII reader already decoded
+
+
+@dataclass(frozen=True, slots=True)
+class CardRead:
+    """A card was presented at ``reader``; decoding into a credential key is the controller's."""
+
+    reader: str
+    framing: CardFraming
+    data: bytes = b""
+    bits: int = 0
+    text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class KeypadRead:
+    """Keys pressed at ``reader``'s keypad (digits, ``*``, ``#``), one entry per PIN or key."""
+
+    reader: str
+    keys: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderStatus:
+    """A reader's supervision state changed (online, tamper, secure channel)."""
+
+    reader: str
+    online: bool
+    tamper: bool = False
+    secure: bool | None = None  # None: the transport has no secure channel (serial readers)
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderAlarm:
+    """A reader security problem: secure-channel failure, clear-text reader, bad frame..."""
+
+    reader: str
+    kind: str  # "sc-failure" | "no-secure-channel" | "install-mode" | "malformed" | ...
+    detail: str
+
+
+class Indication(StrEnum):
+    """Feedback shown on a reader's LED/buzzer."""
+
+    GRANTED = "granted"
+    DENIED = "denied"
+    PIN_NEEDED = "pin-needed"
+    LOCKDOWN = "lockdown"
+    IDLE = "idle"
+
+
+ReaderEvent = CardRead | KeypadRead | ReaderStatus | ReaderAlarm
+
+
+@runtime_checkable
+class CredentialReaderBus(Protocol):
+    """One reader transport (an OSDP bus, a serial line) serving one or more named readers."""
+
+    name: str
+    readers: tuple[str, ...]
+
+    async def run(self) -> None:
+        """Serve until cancelled, emitting ReaderEvents to the sink given at construction."""
+        ...
+
+    def indicate(self, reader: str, indication: Indication) -> None:
+        """Show feedback on ``reader`` (non-blocking; best effort)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the transport; idempotent."""
+        ...
+
+
+DriverEvent = LinkChanged | InputsRead | CoilsRead | DeviceFault | ReaderEvent
+EventSink = Callable[[DriverEvent], None]

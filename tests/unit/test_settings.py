@@ -191,7 +191,8 @@ GOLDEN: list[tuple[str, Mutation, str, str]] = [
         "unknown-top",
         setp("bogus", value=1),
         "bogus",
-        "unknown key; expected one of: controller, boards, doors",
+        "unknown key; expected one of: controller, boards, doors, access, schedules, zones, "
+        "interlocks, reader_buses, readers",
     ),
     (
         "unknown-controller",

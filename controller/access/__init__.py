@@ -1,0 +1,1 @@
+"""Access control: card formats, credential store, pure policy, access service."""
