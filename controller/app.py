@@ -23,6 +23,10 @@ from typing import Any
 import structlog
 
 from controller import __version__
+from controller.access.secret import load_or_create_secret
+from controller.access.service import AccessService
+from controller.access.store import CredentialStore
+from controller.api.management import Management
 from controller.api.protocol import PROTOCOL_VERSION, ProtocolError, Request, arg, ok
 from controller.api.server import ControlServer, Reply
 from controller.doors.service import DoorService
@@ -30,9 +34,19 @@ from controller.errors import CommandError
 from controller.journal import Journal, JournalWriter
 from controller.sdnotify import SdNotifier
 from controller.settings import RtuBoardSettings, Settings, TcpBoardSettings
-from drivers.base import DriverEvent, LinkState, RelayBoard
+from drivers.base import (
+    CardRead,
+    CredentialReaderBus,
+    DriverEvent,
+    KeypadRead,
+    LinkState,
+    ReaderAlarm,
+    ReaderStatus,
+    RelayBoard,
+)
 from drivers.modbus.board import BoardConfig, ModbusRelayBoard
 from drivers.modbus.link import ModbusEndpoint, ModbusLink
+from drivers.registry import build_reader_bus
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +113,10 @@ class Daemon:
         self.ready = asyncio.Event()
         self.journal: JournalWriter | None = None
         self.doors: DoorService | None = None
+        self.store: CredentialStore | None = None
+        self.access: AccessService | None = None
+        self.management: Management | None = None
+        self.buses: dict[str, CredentialReaderBus] = {}
         self.server = ControlServer(self.socket_path, self._dispatch)
         self._tasks: list[asyncio.Task[Any]] = []
 
@@ -110,6 +128,29 @@ class Daemon:
         self.journal = JournalWriter(journal)
         boards: dict[str, RelayBoard] = dict(self.boards)
         self.doors = DoorService(self.settings, boards, self.journal)
+        secret = await asyncio.to_thread(load_or_create_secret, self.settings.secret_file)
+        schedules = {s.name: s.schedule() for s in self.settings.schedules}
+        self.store = await asyncio.to_thread(
+            CredentialStore.open,
+            self.settings.credentials_db,
+            secret,
+            schedules=schedules,
+            duress=self.settings.access.duress,
+        )
+        for bus_settings in self.settings.reader_buses:
+            readers = [r for r in self.settings.readers if r.bus == bus_settings.name]
+            self.buses[bus_settings.name] = build_reader_bus(
+                bus_settings, readers, self.events.put_nowait
+            )
+        self.access = AccessService(self.settings, self.store, self.doors, self.buses, self.journal)
+        self.management = Management(
+            self.store,
+            self.access,
+            self.journal,
+            upload_dir=self.settings.credentials_db.parent / "uploads",
+            timezone=self.settings.access.timezone,
+            install=self._install,
+        )
         self.journal.record(
             "daemon.start",
             controller=self.settings.controller.id,
@@ -130,6 +171,9 @@ class Daemon:
                     self._spawn(tg, board.run(), f"board:{board.name}")
                 self._spawn(tg, self.doors.run(), "doors")
                 await self._start_up()
+                for bus in self.buses.values():
+                    self._spawn(tg, bus.run(), f"readers:{bus.name}")
+                self._spawn(tg, self.access.run(), "access")
                 await self.server.start()
                 self._spawn(tg, self.server.serve(), "api")
                 self._spawn(tg, self._watchdog(), "watchdog")
@@ -152,9 +196,22 @@ class Daemon:
 
     async def _pump(self) -> None:
         assert self.doors is not None
+        assert self.access is not None
         while True:
             event = await self.events.get()
-            self.doors.on_driver_event(event)
+            if isinstance(event, CardRead | KeypadRead | ReaderStatus | ReaderAlarm):
+                self.access.on_reader_event(event)
+            else:
+                self.doors.on_driver_event(event)
+
+    def _install(self, reader: str, window_s: float) -> None:
+        """Open a reader's install window on its bus (technician command)."""
+        bus_name = next(r.bus for r in self.settings.readers if r.name == reader)
+        bus = self.buses.get(bus_name)
+        begin = getattr(bus, "begin_install", None)
+        if begin is None:
+            raise CommandError(f"reader {reader!r} has no install mode (not an OSDP reader)")
+        begin(reader, window_s)
 
     async def _start_up(self) -> None:
         """Assert every door, wait for each board to confirm or fail, then READY=1."""
@@ -207,6 +264,13 @@ class Daemon:
 
     async def _close(self) -> None:
         await self.server.close()
+        if self.access is not None:
+            await self.access.close()
+        for bus in self.buses.values():
+            with contextlib.suppress(Exception):
+                await bus.close()
+        if self.store is not None:
+            self.store.close()
         for board in self.boards.values():
             await board.close()
         for link in self._links:
@@ -233,9 +297,12 @@ class Daemon:
             await reply(ok(req.id, result=result.to_json()))
         elif req.cmd == "events":
             await self._events(req, reply)
+        elif self.management is not None and await self.management.handle(req, reply):
+            pass
         else:
             raise ProtocolError(
-                f"unknown command {req.cmd!r}; expected ping, status, door or events"
+                f"unknown command {req.cmd!r}; expected ping, status, door, events or one of "
+                + ", ".join(Management.COMMANDS)
             )
 
     def status(self) -> dict[str, Any]:
@@ -259,6 +326,7 @@ class Daemon:
             "doors": self.doors.status(),
             "boards": boards,
             "journal_seq": self.journal.recorded_seq if self.journal else 0,
+            "readers": self.access.status() if self.access else [],
         }
 
     async def _events(self, req: Request, reply: Reply) -> None:

@@ -348,13 +348,14 @@ class AccessSettings(_Model):
     timezone: Annotated[str, AfterValidator(_timezone)] = Field(
         default="UTC", description="IANA time zone for schedules and validity windows."
     )
-    credentials_db: FilePath = Field(
-        default=Path("/var/lib/warding/credentials.db"),
-        description="SQLite credential store.",
+    credentials_db: FilePath | None = Field(
+        default=None,
+        description="SQLite credential store (default: credentials.db beside the journal).",
     )
-    secret_file: FilePath = Field(
-        default=Path("/etc/warding/site.secret"),
-        description="Site secret for keyed hashes of card numbers and PINs (mode 0600).",
+    secret_file: FilePath | None = Field(
+        default=None,
+        description="Site secret for keyed hashes of card numbers and PINs, mode 0600, created "
+        "on first start (default: site.secret beside the journal).",
     )
     pin_timeout_s: float = Field(
         default=10.0, gt=0, le=120, strict=True, description="Time to enter a PIN after a card."
@@ -425,6 +426,16 @@ class ReaderSettings(_Model):
 
 class Settings(_Model):
     """The whole site file."""
+
+    @property
+    def credentials_db(self) -> Path:
+        """Where the credential store lives."""
+        return self.access.credentials_db or self.controller.journal.with_name("credentials.db")
+
+    @property
+    def secret_file(self) -> Path:
+        """Where the site secret lives."""
+        return self.access.secret_file or self.controller.journal.with_name("site.secret")
 
     controller: ControllerSettings = Field(description="This controller.")
     boards: tuple[BoardSettings, ...] = Field(min_length=1, description="Modbus relay/IO boards.")

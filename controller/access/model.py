@@ -69,6 +69,7 @@ class Reason(StrEnum):
     DENIED_LOCKDOWN = "denied-lockdown"
     DENIED_MALFORMED = "denied-malformed"  # a frame that could not be decoded
     DENIED_READER_INSECURE = "denied-reader-insecure"
+    DENIED_CARD_REQUIRED = "denied-card-required"  # a PIN alone where a card must come first
 
     @property
     def granted(self) -> bool:

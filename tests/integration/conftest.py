@@ -27,7 +27,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import pytest
 import pytest_asyncio
@@ -67,26 +67,46 @@ rex_pulse_s = 1.0
 # -- waiting ---------------------------------------------------------------------------------
 
 
+@overload
 async def wait_for(
-    predicate: Callable[[], T | Awaitable[T]],
-    timeout: float = 5.0,
+    predicate: Callable[[], Awaitable[T]],
+    within: float = ...,
+    *,
+    what: str = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+@overload
+async def wait_for(
+    predicate: Callable[[], T],
+    within: float = ...,
+    *,
+    what: str = ...,
+    interval: float = ...,
+) -> T: ...
+
+
+async def wait_for(
+    predicate: Callable[[], Any],
+    within: float = 5.0,
     *,
     what: str = "condition",
     interval: float = POLL_S,
-) -> T:
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns a truthy value; return that value.
 
-    Raises AssertionError naming ``what`` (and the last falsy value) after ``timeout`` seconds.
+    Raises AssertionError naming ``what`` (and the last falsy value) after ``within`` seconds.
     """
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = predicate()
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {value!r})")
+            raise AssertionError(f"timed out after {within}s waiting for {what} (last: {value!r})")
         await asyncio.sleep(interval)
 
 
@@ -133,10 +153,10 @@ async def run(
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
-    timeout: float = 30.0,
+    within: float = 30.0,
     cwd: Path | None = None,
 ) -> Result:
-    """Run a command to completion (killed after ``timeout``) and capture its output."""
+    """Run a command to completion (killed after ``within`` seconds) and capture its output."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
         stdin=asyncio.subprocess.DEVNULL,
@@ -146,11 +166,11 @@ async def run(
         cwd=cwd,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), within)
     except TimeoutError:
         proc.kill()
         await proc.communicate()
-        raise AssertionError(f"{' '.join(argv)} did not finish within {timeout}s") from None
+        raise AssertionError(f"{' '.join(argv)} did not finish within {within}s") from None
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
@@ -182,12 +202,12 @@ class ApiConnection:
         self._loop = asyncio.get_running_loop()
 
     @classmethod
-    async def open(cls, path: Path, timeout: float = 5.0) -> ApiConnection:
+    async def open(cls, path: Path, within: float = 5.0) -> ApiConnection:
         """Connect to the control socket at ``path``."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, str(path)), timeout)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, str(path)), within)
         except BaseException:
             sock.close()
             raise
@@ -203,6 +223,10 @@ class ApiConnection:
     async def __aexit__(self, *exc: object) -> None:
         self.close()
 
+    def shutdown_write(self) -> None:
+        """Half-close: the daemon sees end of input, we can still read."""
+        self._sock.shutdown(socket.SHUT_WR)
+
     async def send_raw(self, data: bytes) -> None:
         """Send bytes as they are; a peer that already hung up is not an error here."""
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
@@ -212,13 +236,13 @@ class ApiConnection:
         """Send one request line."""
         await self.send_raw(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
 
-    async def read_line(self, timeout: float = 5.0) -> bytes | None:
+    async def read_line(self, within: float = 5.0) -> bytes | None:
         """The next reply line (without newline), or None once the daemon closed the stream."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + within
         while b"\n" not in self._buf:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"no reply line within {timeout}s (have {self._buf[:200]!r})")
+                raise AssertionError(f"no reply line within {within}s (have {self._buf[:200]!r})")
             try:
                 chunk = await asyncio.wait_for(self._loop.sock_recv(self._sock, 65536), left)
             except ConnectionResetError:
@@ -231,18 +255,18 @@ class ApiConnection:
         line, _, self._buf = self._buf.partition(b"\n")
         return line
 
-    async def read(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def read(self, within: float = 5.0) -> dict[str, Any]:
         """The next reply, decoded (AssertionError if the daemon closed the stream)."""
-        line = await self.read_line(timeout)
+        line = await self.read_line(within)
         assert line is not None, "the daemon closed the connection"
         obj = json.loads(line)
         assert isinstance(obj, dict), f"reply is not an object: {line!r}"
         return obj
 
-    async def call(self, cmd: str, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
+    async def call(self, cmd: str, within: float = 5.0, **args: Any) -> dict[str, Any]:
         """Send a request and return its reply (whatever ``ok`` says)."""
         await self.send(cmd, **args)
-        return await self.read(timeout)
+        return await self.read(within)
 
 
 async def api(path: Path, cmd: str, **args: Any) -> dict[str, Any]:
@@ -310,7 +334,7 @@ async def simulated_site(
     The TCP board listens on a free port; the RTU line is a pty symlinked at
     ``directory/rtu.tty``. The site file ``directory/site.toml`` points at both.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - test set-up
     rtu_device = directory / "rtu.tty" if rtu else None
 
     def text(port: int) -> str:
@@ -383,25 +407,25 @@ class Daemon:
         return events
 
     async def wait_event(
-        self, after: int, timeout: float = 5.0, **match: Any
+        self, after: int, within: float = 5.0, **match: Any
     ) -> list[dict[str, Any]]:
         """Wait until an entry after ``after`` matches (``kind=``, ``door=``, data keys...)."""
 
         async def found() -> list[dict[str, Any]]:
             return [e for e in await self.events(after) if event_matches(e, **match)]
 
-        return await wait_for(found, timeout, what=f"journal entry {match}")
+        return await wait_for(found, within, what=f"journal entry {match}")
 
     async def ping(self) -> bool:
         """True if the daemon answers ``ping`` right now."""
         try:
-            async with await ApiConnection.open(self.socket, timeout=1.0) as conn:
-                reply = await conn.call("ping", timeout=1.0)
+            async with await ApiConnection.open(self.socket, within=1.0) as conn:
+                reply = await conn.call("ping", within=1.0)
         except (OSError, AssertionError, TimeoutError, ValueError):
             return False
         return reply.get("ok") is True
 
-    async def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+    async def wait_ready(self, within: float = READY_TIMEOUT_S) -> None:
         """Wait until the daemon answers ``ping``; fail at once if it exits."""
 
         async def ready() -> bool:
@@ -412,24 +436,24 @@ class Daemon:
                 )
             return await self.ping()
 
-        await wait_for(ready, timeout, what="the daemon to answer ping")
+        await wait_for(ready, within, what="the daemon to answer ping")
 
-    async def wait_exit(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """Wait for the process to exit; AssertionError (and kill) after ``timeout``."""
+    async def wait_exit(self, within: float = STOP_TIMEOUT_S) -> int:
+        """Wait for the process to exit; AssertionError (and kill) after ``within`` seconds."""
         try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
+            return await asyncio.wait_for(self.proc.wait(), within)
         except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
             raise AssertionError(
-                f"daemon did not exit within {timeout}s:\n{self.log_text()}"
+                f"daemon did not exit within {within}s:\n{self.log_text()}"
             ) from None
 
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> int:
+    async def stop(self, sig: int = signal.SIGTERM, within: float = STOP_TIMEOUT_S) -> int:
         """Send ``sig`` and return the exit status."""
         if self.running:
             self.proc.send_signal(sig)
-        return await self.wait_exit(timeout)
+        return await self.wait_exit(within)
 
 
 async def start_daemon(site: Site, *, env: Mapping[str, str] | None = None) -> Daemon:
@@ -455,20 +479,24 @@ async def start_daemon(site: Site, *, env: Mapping[str, str] | None = None) -> D
 async def running_daemon(
     site: Site, *, env: Mapping[str, str] | None = None, wait: bool = True
 ) -> AsyncIterator[Daemon]:
-    """A daemon on ``site`` (ready unless ``wait=False``), stopped (SIGTERM, then kill) on exit."""
+    """A daemon on ``site`` (ready unless ``wait=False``), stopped with SIGTERM on exit.
+
+    A daemon still running at the end must exit 0 within STOP_TIMEOUT_S of SIGTERM (else it is
+    killed and, unless the test already failed, that fails the test).
+    """
     daemon = await start_daemon(site, env=env)
     try:
         if wait:
             await daemon.wait_ready()
         yield daemon
-    finally:
+    except BaseException:
         if daemon.running:
-            daemon.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(daemon.proc.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                daemon.proc.kill()
-                await daemon.proc.wait()
+            daemon.proc.kill()
+            await daemon.proc.wait()
+        raise
+    if daemon.running:
+        rc = await daemon.stop()
+        assert rc == 0, f"daemon exited with {rc} on SIGTERM:\n{daemon.log_text()}"
 
 
 # -- journal and Modbus helpers --------------------------------------------------------------
@@ -570,8 +598,6 @@ async def shared_site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared_daemon(shared_site: Site) -> AsyncIterator[Daemon]:
-    """One daemon for a whole module, on ``shared_site``; checks it stops cleanly."""
+    """One daemon for a whole module, on ``shared_site``; checks that it stops cleanly."""
     async with running_daemon(shared_site) as daemon:
         yield daemon
-        rc = await daemon.stop()
-        assert rc == 0, daemon.log_text()

@@ -96,7 +96,7 @@ async def test_signal_stops_cleanly_in_fail_state(tmp_path: Path, sig: signal.Si
         assert any(site.relays().values())
 
         started = time.monotonic()
-        rc = await daemon.stop(sig, timeout=5.0)
+        rc = await daemon.stop(sig, within=5.0)
         elapsed = time.monotonic() - started
         assert rc == 0, daemon.log_text()
         assert elapsed < 5.0
@@ -127,7 +127,7 @@ async def test_second_daemon_refuses_to_start(tmp_path: Path) -> None:
         seq = await first.seq()
         second = await run(
             [PYTHON, "-m", "controller.cli.warding", "run", "--config", str(site.config)],
-            timeout=15,
+            within=15,
         )
         assert second.rc != 0
         assert len(second.err_lines) == 1, second.stderr
@@ -196,18 +196,25 @@ async def test_board_offline_faults_its_doors_and_never_releases(
         assert all(doors[n]["state"] == "locked" for n in others), doors
         assert all(doors[n]["lock"] == "unknown" for n in mine), doors
 
-        # a command the board cannot confirm: exit 1, and the short pulse expires meanwhile
-        res = await daemon.wardctl("door", "pulse", f"{board}-d0", "--duration", "0.3")
+        # a command the board cannot confirm: exit 1; the intent stays until the pulse ends
+        door = f"{board}-d0"  # fail-secure
+        res = await daemon.wardctl("door", "pulse", door, "--duration", "0.3")
         assert res.rc == 1, res
-        assert "NOT confirmed" in res.stdout
+        assert res.lines[0].startswith(f"{door}: pulse NOT confirmed: ")
         assert site.relays() == relays
+
+        async def pulse_over() -> bool:
+            return bool((await daemon.doors())[door]["intent"] == "locked")
+
+        await wait_for(pulse_over, 3, what="the pulse to end")
 
         await site.sim.board(board).set_offline(False)
 
         async def recovered() -> bool:
             status = await daemon.status()
             link = {b["board"]: b["link"] for b in status["boards"]}[board]
-            return link == "up" and {d["state"] for d in status["doors"]} == {"locked"}
+            doors = status["doors"]
+            return link == "up" and {(d["state"], d["lock"]) for d in doors} == {("locked",) * 2}
 
         await wait_for(recovered, 5, what=f"{board} back up and its doors locked")
         # loss and return of the link released nothing; the expired pulse was not replayed
@@ -216,14 +223,17 @@ async def test_board_offline_faults_its_doors_and_never_releases(
 
         links = await daemon.wait_event(after, kind="board.link", device=board, state="up")
         down = [
-            e for e in await daemon.events(after) if event_matches(e, kind="board.link", device=board)
+            e
+            for e in await daemon.events(after)
+            if event_matches(e, kind="board.link", device=board)
         ]
         assert down[0]["data"]["state"] == "backoff"
         assert down[0]["seq"] < links[-1]["seq"]
         events = await daemon.events(after)
         for name in mine:
             faults = [e["data"]["active"] for e in _door_events(events, name, "door.alarm")]
-            assert faults[0] is True and faults[-1] is False, (name, faults)
+            assert faults[0] is True, (name, faults)
+            assert faults[-1] is False, (name, faults)
 
 
 async def test_start_with_a_board_offline(tmp_path: Path) -> None:
@@ -285,13 +295,15 @@ async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path) -> None:
 
                 await wait_for(lambda: listener.count("WATCHDOG=1") >= 3, 5, what="3 WATCHDOG=1")
                 first_ping = listener.first("WATCHDOG=1")
-                assert first_ping is not None and first_ping[0] > index
+                assert first_ping is not None
+                assert first_ping[0] > index
                 assert listener.count("STOPPING=1") == 0
 
                 assert await daemon.stop() == 0
                 listener.drain()
                 stopping = listener.first("STOPPING=1")
-                assert stopping is not None and stopping[0] > index
+                assert stopping is not None
+                assert stopping[0] > index
                 assert listener.count("READY=1") == 1
         finally:
             listener.close()
@@ -313,7 +325,7 @@ async def test_pulse_end_to_end(shared_site: Site, shared_daemon: Daemon, door: 
     assert sim.open()
 
     async def phase(want: str) -> bool:
-        return (await daemon.doors())[door]["state"] == want
+        return bool((await daemon.doors())[door]["state"] == want)
 
     await wait_for(lambda: phase("open"), 3, what="door open")
     sim.close()
@@ -344,13 +356,13 @@ async def test_forced_open_alarm(shared_site: Site, shared_daemon: Daemon) -> No
 
     async def forced() -> bool:
         row = (await daemon.doors())[door]
-        return row["state"] == "forced-open" and row["alarms"] == ["forced-open"]
+        return bool(row["state"] == "forced-open" and row["alarms"] == ["forced-open"])
 
     await wait_for(forced, 3, what="forced-open alarm")
     res = await daemon.wardctl("status")
     assert res.rc == 0, res
-    row = next(line for line in res.lines if line.startswith(door + " "))
-    assert "forced-open" in row.split(), row
+    line = next(line for line in res.lines if line.startswith(door + " "))
+    assert "forced-open" in line.split(), line
     assert sim.locked  # an alarm never releases the lock
 
     await daemon.wait_event(after, kind="door.alarm", door=door, alarm="forced-open", active=True)
@@ -379,7 +391,7 @@ async def test_held_open_alarm(shared_site: Site, shared_daemon: Daemon) -> None
 
     async def held() -> bool:
         row = (await daemon.doors())[door]
-        return row["state"] == "held-open" and row["alarms"] == ["held-open"]
+        return bool(row["state"] == "held-open" and row["alarms"] == ["held-open"])
 
     await wait_for(held, 4, what="held-open alarm")
     assert time.monotonic() - opened >= 0.3
@@ -416,7 +428,7 @@ async def test_rex_releases_and_the_opening_is_not_forced(
         sim.release_rex()
 
     async def phase(want: str) -> bool:
-        return (await daemon.doors())[door]["state"] == want
+        return bool((await daemon.doors())[door]["state"] == want)
 
     await wait_for(lambda: phase("open"), 3, what="door open")
     sim.close()

@@ -263,6 +263,22 @@ def test_held_open_alarm_latched_across_a_link_loss_is_cleared_once() -> None:
     assert door.phase() is Phase.LOCKED
 
 
+def test_forced_open_outranks_held_open() -> None:
+    door = online(make_spec(FAIL_SECURE))
+    door.feed(Command("pulse", 0.0))
+    door.feed(ContactChanged(True, 1.0))
+    door.feed(Tick(31.0))
+    door.feed(LinkChanged(False, 32.0, "timeout"))
+    door.feed(LinkChanged(True, 33.0))
+    assert door.phase() is Phase.HELD_OPEN
+    effects = door.feed(ContactChanged(True, 34.0))  # pulse long over: nobody let it open
+    assert alarms(effects) == [{"alarm": "forced-open", "active": True, "detail": "found open"}]
+    assert transitions(effects) == [("held-open", "forced-open")]
+    effects = door.feed(ContactChanged(False, 35.0))
+    assert [a["alarm"] for a in alarms(effects)] == ["held-open", "forced-open"]
+    assert transitions(effects) == [("forced-open", "locked")]
+
+
 # --------------------------------------------------------------------------- pulses
 
 
@@ -636,13 +652,25 @@ def test_relay_fault_clears_when_the_fail_state_is_the_intent() -> None:
     assert door.phase() is Phase.LOCKED
 
 
-def test_relay_fault_blocks_a_fail_secure_release_until_a_probe() -> None:
+def test_retry_clears_without_a_probe_when_the_relay_already_shows_the_intent() -> None:
+    door = online(make_spec(FAIL_SECURE, fault_retry_s=10.0))
+    door.feed(RelayRead(True, True, 1.0))  # locked, but the strike is stuck energised
+    door.feed(Command("unlock", 2.0))  # now the intent is what the relay already does
+    assert not door.released
+    effects = door.feed(Tick(11.0))
+    assert alarms(effects) == [{"alarm": "fault", "active": False, "fault": "relay"}]
+    assert not door.state.probing
+    assert door.state.retry_at is None
+    assert door.released
+
+
+def test_relay_fault_blocks_a_fail_secure_release_until_the_retry() -> None:
     door = online(make_spec(FAIL_SECURE))
     door.feed(RelayRead(True, True, 1.0))
     door.feed(Command("unlock", 2.0))
     assert not door.released  # commands cannot override the fail state of a faulted relay
     door.feed(Tick(11.0))
-    assert door.released  # only the probe tries the intent again
+    assert door.released  # only the retry tries the intent again
 
 
 def test_relay_readback_is_ignored_while_the_link_is_down() -> None:
@@ -960,13 +988,25 @@ class DoorMachineTest(RuleBasedStateMachine):
                 assert spec.rex_unlocks
         if isinstance(event, LinkChanged):
             assert desired_relay(spec, after) is desired_relay(spec, before)
-        # a relay fault clears only by a readback that agrees with the intent
-        if Fault.RELAY in before.faults and Fault.RELAY not in after.faults:
+        # a relay fault is raised only by a mismatching readback over a working link ...
+        if Fault.RELAY in after.faults and Fault.RELAY not in before.faults:
             assert isinstance(event, RelayRead)
-            assert not event.mismatched
-            assert before.probing or event.energised == spec.relay_for(
-                before.intent is not Intent.LOCKED
-            )
+            assert event.mismatched
+            assert before.link_up
+        # ... and clears only on a readback that agrees with the intent: a fresh one, or at the
+        # retry time the last one, when it already shows the intent's value
+        if Fault.RELAY in before.faults and Fault.RELAY not in after.faults:
+            # (the intent after the event: a Tick may end a pulse before it looks at the relay)
+            intent_relay = spec.relay_for(after.intent is not Intent.LOCKED)
+            if isinstance(event, RelayRead):
+                assert not event.mismatched
+                assert before.probing or event.energised == intent_relay
+            else:
+                assert isinstance(event, Tick)
+                assert not before.probing
+                assert before.retry_at is not None
+                assert event.now >= before.retry_at
+                assert before.relay == intent_relay
 
         # (b) a pulse always ends, and a Tick consumes every deadline up to its time
         if isinstance(event, Tick):
@@ -1051,8 +1091,22 @@ class DoorMachineTest(RuleBasedStateMachine):
     @invariant()
     def consistent(self) -> None:
         spec, s = self.spec, self.state
-        # (c) phase is FAULT iff there is a fault
+        # (c) phase is FAULT iff there is a fault; then forced > held > open > unlocked > locked
         assert (s.phase is Phase.FAULT) is bool(s.faults)
+        expected = (
+            Phase.FAULT
+            if s.faults
+            else Phase.FORCED_OPEN
+            if s.forced
+            else Phase.HELD_OPEN
+            if s.held
+            else Phase.OPEN
+            if s.contact is Contact.OPEN
+            else Phase.LOCKED
+            if s.intent is Intent.LOCKED
+            else Phase.UNLOCKED
+        )
+        assert s.phase is expected
         assert (Fault.LINK in s.faults) is not s.link_up
         assert (s.pulse_until is not None) is (s.intent is Intent.PULSE)
         # (a) the relay value comes from the intent, or from the fail state of a faulted relay
@@ -1064,6 +1118,12 @@ class DoorMachineTest(RuleBasedStateMachine):
             assert s.intent is not Intent.LOCKED or (
                 spec.lock == FAIL_SAFE and Fault.RELAY in s.faults
             )
+        # the lock state shown to people comes from a readback over a working link only
+        shown = lock_state(spec, s)
+        if s.relay is None or not s.link_up:
+            assert shown == "unknown"
+        else:
+            assert shown == ("released" if spec.released_by(s.relay) else "locked")
         # a relay fault always has a way out: a probe running or one scheduled
         if Fault.RELAY in s.faults:
             assert s.probing or s.retry_at is not None
@@ -1092,7 +1152,7 @@ class FailSafeDoor(DoorMachineTest):
     LOCK = FAIL_SAFE
 
 
-STATEFUL = settings(max_examples=150, stateful_step_count=40, deadline=None)
+STATEFUL = settings(max_examples=200, stateful_step_count=50, deadline=None)
 
 
 @pytest.mark.parametrize("machine", [FailSecureDoor, FailSafeDoor], ids=LOCKS)

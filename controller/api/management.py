@@ -1,0 +1,439 @@
+"""Control-API commands that manage people and readers: cardholders, credentials, access levels.
+
+Store writes run in a worker thread so the event loop (and every door) keeps moving; each
+change is journaled with who asked (the ``source`` field wardctl sends) and never shows a
+full card number or a PIN. Revocation is immediate: the next read at any reader sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from controller.access.csvio import ImportReport, export_csv, import_csv
+from controller.access.formats import parse_card
+from controller.access.model import Cardholder, CardholderState, Privilege
+from controller.access.service import AccessService
+from controller.access.store import CredentialInfo, CredentialStore, StoreError
+from controller.api.protocol import ProtocolError, Request, arg, ok
+from controller.api.server import Reply
+from controller.doors.service import Recorder
+from controller.errors import CommandError
+
+UPLOAD_CHUNK_MAX = 48 * 1024
+UPLOAD_MAX_BYTES = 512 * 1024 * 1024
+
+
+def _when(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ProtocolError(f"'{name}' must be an ISO-8601 date-time (got {value!r})") from None
+    return moment
+
+
+def cardholder_json(c: Cardholder) -> dict[str, Any]:
+    """JSON view of a cardholder (no secrets)."""
+    return {
+        "id": c.id,
+        "name": c.name,
+        "state": c.state.value,
+        "valid_from": c.valid_from.isoformat() if c.valid_from else None,
+        "valid_until": c.valid_until.isoformat() if c.valid_until else None,
+        "privileges": sorted(p.value for p in c.privileges),
+        "has_pin": c.has_pin,
+        "levels": [lv.name for lv in c.levels],
+    }
+
+
+def credential_json(c: CredentialInfo) -> dict[str, Any]:
+    """JSON view of a credential (masked card only)."""
+    return {
+        "id": c.id,
+        "cardholder_id": c.cardholder_id,
+        "format": c.format,
+        "card": c.display,
+        "state": c.state.value,
+        "valid_from": c.valid_from.isoformat() if c.valid_from else None,
+        "valid_until": c.valid_until.isoformat() if c.valid_until else None,
+    }
+
+
+@dataclass
+class _Upload:
+    path: Path
+    size: int = 0
+
+
+@dataclass
+class Management:
+    """Handlers for the management commands of the control API."""
+
+    store: CredentialStore
+    access: AccessService
+    recorder: Recorder
+    upload_dir: Path
+    timezone: str = "UTC"
+    install: Callable[[str, float], None] | None = None
+    _uploads: dict[str, _Upload] = field(default_factory=dict)
+
+    COMMANDS = (
+        "cardholder.add",
+        "cardholder.list",
+        "cardholder.show",
+        "cardholder.set-state",
+        "credential.add",
+        "credential.revoke",
+        "credential.list",
+        "credential.import.begin",
+        "credential.import.chunk",
+        "credential.import.commit",
+        "credential.import.abort",
+        "credential.export",
+        "access-level.add",
+        "access-level.list",
+        "access-level.remove",
+        "access-level.grant",
+        "access-level.revoke",
+        "reader.list",
+        "reader.install",
+    )
+
+    async def handle(self, req: Request, reply: Reply) -> bool:
+        """Serve ``req`` if it is a management command; return False if it is not one."""
+        if req.cmd not in self.COMMANDS:
+            return False
+        name = "_" + req.cmd.replace(".", "_").replace("-", "_")
+        handler = getattr(self, name)
+        try:
+            await handler(req, reply)
+        except StoreError as exc:
+            raise CommandError(str(exc)) from None
+        return True
+
+    def _source(self, req: Request) -> str:
+        return str(arg(req, "source", str, required=False, default="wardctl"))
+
+    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    # -- cardholders -----------------------------------------------------------------------
+
+    async def _cardholder_add(self, req: Request, reply: Reply) -> None:
+        name = arg(req, "name", str)
+        pin = arg(req, "pin", str, required=False)
+        privileges = arg(req, "privileges", list, required=False, default=[])
+        for p in privileges:
+            if p not in {x.value for x in Privilege}:
+                raise ProtocolError(
+                    f"unknown privilege {p!r}; expected {', '.join(x.value for x in Privilege)}"
+                )
+        levels = arg(req, "levels", list, required=False, default=[])
+        valid_from = _when(arg(req, "valid_from", str, required=False), "valid_from")
+        valid_until = _when(arg(req, "valid_until", str, required=False), "valid_until")
+
+        def add() -> int:
+            cid = self.store.add_cardholder(
+                name,
+                pin=pin,
+                privileges=privileges,
+                valid_from=valid_from,
+                valid_until=valid_until,
+            )
+            for level in levels:
+                self.store.grant_level(cid, str(level))
+            return cid
+
+        cid = await self._run(add)
+        self.recorder.record(
+            "admin.cardholder", action="add", cardholder_id=cid, source=self._source(req)
+        )
+        await reply(ok(req.id, id=cid))
+
+    async def _cardholder_list(self, req: Request, reply: Reply) -> None:
+        name = arg(req, "name", str, required=False)
+        limit = arg(req, "limit", int, required=False, default=100)
+        after = arg(req, "after", int, required=False, default=0)
+        rows = await self._run(self.store.find_cardholders, name, after_id=after, limit=limit)
+        await reply(ok(req.id, cardholders=[cardholder_json(c) for c in rows]))
+
+    async def _cardholder_show(self, req: Request, reply: Reply) -> None:
+        cid = arg(req, "id", int)
+        holder = await self._run(self.store.get_cardholder, cid)
+        creds = await self._run(self.store.list_credentials, cid)
+        await reply(
+            ok(
+                req.id,
+                cardholder=cardholder_json(holder),
+                credentials=[credential_json(c) for c in creds],
+            )
+        )
+
+    async def _cardholder_set_state(self, req: Request, reply: Reply) -> None:
+        cid = arg(req, "id", int)
+        state = arg(req, "state", str)
+        if state not in {s.value for s in CardholderState}:
+            raise ProtocolError(
+                f"unknown state {state!r}; expected {', '.join(s.value for s in CardholderState)}"
+            )
+        await self._run(self.store.set_cardholder_state, cid, state)
+        self.recorder.record(
+            "admin.cardholder",
+            action="set-state",
+            cardholder_id=cid,
+            state=state,
+            source=self._source(req),
+        )
+        await reply(ok(req.id, id=cid, state=state))
+
+    # -- credentials -----------------------------------------------------------------------
+
+    async def _credential_add(self, req: Request, reply: Reply) -> None:
+        cid = arg(req, "cardholder", int)
+        try:
+            card = parse_card(arg(req, "card", str))
+        except ValueError as exc:
+            raise ProtocolError(f"bad card: {exc}") from None
+        valid_from = _when(arg(req, "valid_from", str, required=False), "valid_from")
+        valid_until = _when(arg(req, "valid_until", str, required=False), "valid_until")
+        credential_id = await self._run(
+            self.store.add_credential,
+            cid,
+            card.key,
+            format=card.format.value,
+            masked=card.masked(),
+            valid_from=valid_from,
+            valid_until=valid_until,
+        )
+        self.recorder.record(
+            "admin.credential",
+            action="add",
+            credential_id=credential_id,
+            cardholder_id=cid,
+            card=card.masked(),
+            source=self._source(req),
+        )
+        await reply(ok(req.id, id=credential_id, card=card.masked()))
+
+    async def _credential_revoke(self, req: Request, reply: Reply) -> None:
+        credential_id = arg(req, "id", int, required=False)
+        card_text = arg(req, "card", str, required=False)
+        if (credential_id is None) == (card_text is None):
+            raise ProtocolError("'credential.revoke' needs exactly one of 'id' or 'card'")
+        masked = ""
+        if credential_id is not None:
+            await self._run(self.store.set_credential_state, credential_id, "revoked")
+        else:
+            try:
+                card = parse_card(card_text)
+            except ValueError as exc:
+                raise ProtocolError(f"bad card: {exc}") from None
+            masked = card.masked()
+            if not await self._run(self.store.revoke_key, card.key):
+                raise CommandError(f"no credential for card {masked}")
+        self.recorder.record(
+            "admin.credential",
+            action="revoke",
+            credential_id=credential_id,
+            card=masked or None,
+            source=self._source(req),
+        )
+        await reply(ok(req.id, revoked=True))
+
+    async def _credential_list(self, req: Request, reply: Reply) -> None:
+        cid = arg(req, "cardholder", int, required=False)
+        rows = await self._run(self.store.list_credentials, cid)
+        await reply(ok(req.id, credentials=[credential_json(c) for c in rows]))
+
+    async def _credential_import_begin(self, req: Request, reply: Reply) -> None:
+        self.upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        token = secrets.token_hex(8)
+        path = self.upload_dir / f"import-{token}.csv"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        self._uploads[token] = _Upload(path)
+        await reply(ok(req.id, upload=token, chunk_max=UPLOAD_CHUNK_MAX))
+
+    def _upload(self, req: Request) -> tuple[str, _Upload]:
+        token = arg(req, "upload", str)
+        upload = self._uploads.get(token)
+        if upload is None:
+            raise CommandError(f"unknown upload {token!r}")
+        return token, upload
+
+    async def _credential_import_chunk(self, req: Request, reply: Reply) -> None:
+        _, upload = self._upload(req)
+        data = arg(req, "data", str).encode("utf-8")
+        if upload.size + len(data) > UPLOAD_MAX_BYTES:
+            raise CommandError(f"upload larger than {UPLOAD_MAX_BYTES // 2**20} MiB")
+        await self._run(_append, upload.path, data)
+        upload.size += len(data)
+        await reply(ok(req.id, size=upload.size))
+
+    async def _credential_import_abort(self, req: Request, reply: Reply) -> None:
+        token, upload = self._upload(req)
+        del self._uploads[token]
+        with contextlib.suppress(FileNotFoundError):
+            upload.path.unlink()
+        await reply(ok(req.id))
+
+    async def _credential_import_commit(self, req: Request, reply: Reply) -> None:
+        token, upload = self._upload(req)
+        del self._uploads[token]
+        loop = asyncio.get_running_loop()
+        progress_q: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+
+        def progress(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(progress_q.put_nowait, (done, total))
+
+        await reply(ok(req.id, streaming=True))
+        job = asyncio.ensure_future(
+            asyncio.to_thread(
+                import_csv, self.store, upload.path, timezone=self.timezone, progress=progress
+            )
+        )
+        try:
+            while not job.done():
+                getter = asyncio.ensure_future(progress_q.get())
+                await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    done, total = getter.result()
+                    await reply({"progress": done, "total": total})
+                else:
+                    getter.cancel()
+            report: ImportReport = job.result()
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                upload.path.unlink()
+        self.recorder.record(
+            "admin.import",
+            rows=report.rows,
+            committed=report.committed,
+            cardholders=report.cardholders,
+            credentials=report.credentials,
+            rejected=report.rejected_count,
+            source=self._source(req),
+        )
+        await reply(
+            {
+                "done": True,
+                "committed": report.committed,
+                "rows": report.rows,
+                "cardholders": report.cardholders,
+                "credentials": report.credentials,
+                "rejected_count": report.rejected_count,
+                "rejected": [{"line": r.line, "reason": r.reason} for r in report.rejected],
+                "elapsed_s": round(report.elapsed_s, 3),
+            }
+        )
+
+    async def _credential_export(self, req: Request, reply: Reply) -> None:
+        self.upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = self.upload_dir / f"export-{secrets.token_hex(8)}.csv"
+        try:
+            await self._run(export_csv, self.store, path)
+            text = await self._run(path.read_text, "utf-8")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        await reply(ok(req.id, streaming=True))
+        for start in range(0, len(text), UPLOAD_CHUNK_MAX):
+            await reply({"data": text[start : start + UPLOAD_CHUNK_MAX]})
+        await reply({"done": True})
+
+    # -- access levels ---------------------------------------------------------------------
+
+    async def _access_level_add(self, req: Request, reply: Reply) -> None:
+        name = arg(req, "name", str)
+        doors = arg(req, "doors", list)
+        schedule = arg(req, "schedule", str, required=False, default="always")
+        known = set(self.access.doors.door_names)
+        unknown = [d for d in doors if d not in known]
+        if unknown:
+            raise CommandError(f"unknown door(s): {', '.join(map(str, unknown))}")
+        if schedule != "always" and schedule not in self.access.schedules:
+            raise CommandError(
+                f"unknown schedule {schedule!r}; defined in the site file: "
+                f"{', '.join(sorted(self.access.schedules)) or '(none)'}"
+            )
+        level_id = await self._run(self.store.add_level, name, doors, schedule)
+        self.recorder.record(
+            "admin.level", action="add", level=name, doors=doors, source=self._source(req)
+        )
+        await reply(ok(req.id, id=level_id))
+
+    async def _access_level_list(self, req: Request, reply: Reply) -> None:
+        levels = await self._run(self.store.list_levels)
+        await reply(
+            ok(
+                req.id,
+                levels=[
+                    {"name": lv.name, "doors": sorted(lv.doors), "schedule": lv.schedule.name}
+                    for lv in levels
+                ],
+            )
+        )
+
+    async def _access_level_remove(self, req: Request, reply: Reply) -> None:
+        name = arg(req, "name", str)
+        if not await self._run(self.store.remove_level, name):
+            raise CommandError(f"no access level {name!r}")
+        self.recorder.record("admin.level", action="remove", level=name, source=self._source(req))
+        await reply(ok(req.id))
+
+    async def _access_level_grant(self, req: Request, reply: Reply) -> None:
+        cid = arg(req, "cardholder", int)
+        name = arg(req, "name", str)
+        await self._run(self.store.grant_level, cid, name)
+        self.recorder.record(
+            "admin.level", action="grant", level=name, cardholder_id=cid, source=self._source(req)
+        )
+        await reply(ok(req.id))
+
+    async def _access_level_revoke(self, req: Request, reply: Reply) -> None:
+        cid = arg(req, "cardholder", int)
+        name = arg(req, "name", str)
+        if not await self._run(self.store.revoke_level, cid, name):
+            raise CommandError(f"cardholder {cid} does not have level {name!r}")
+        self.recorder.record(
+            "admin.level", action="revoke", level=name, cardholder_id=cid, source=self._source(req)
+        )
+        await reply(ok(req.id))
+
+    # -- readers ---------------------------------------------------------------------------
+
+    async def _reader_list(self, req: Request, reply: Reply) -> None:
+        await reply(ok(req.id, readers=self.access.status()))
+
+    async def _reader_install(self, req: Request, reply: Reply) -> None:
+        reader = arg(req, "reader", str)
+        window = arg(req, "window_s", float, required=False, default=60.0)
+        if reader not in self.access.readers:
+            raise CommandError(f"unknown reader {reader!r}")
+        if not 5 <= window <= 600:
+            raise CommandError("the install window must be 5..600 seconds")
+        if self.install is None:
+            raise CommandError("install mode is not available for this reader")
+        self.install(reader, window)
+        self.recorder.record(
+            "admin.reader",
+            action="install",
+            reader=reader,
+            window_s=window,
+            source=self._source(req),
+        )
+        await reply(ok(req.id, reader=reader, window_s=window))
+
+
+def _append(path: Path, data: bytes) -> None:
+    with path.open("ab") as fh:
+        fh.write(data)
