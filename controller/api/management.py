@@ -157,7 +157,7 @@ class Management:
         self.recorder.record(
             "admin.cardholder", action="add", cardholder_id=cid, source=self._source(req)
         )
-        await reply(ok(req.id, id=cid))
+        await reply(ok(req.id, cardholder=cid))
 
     async def _cardholder_list(self, req: Request, reply: Reply) -> None:
         name = arg(req, "name", str, required=False)
@@ -167,7 +167,7 @@ class Management:
         await reply(ok(req.id, cardholders=[cardholder_json(c) for c in rows]))
 
     async def _cardholder_show(self, req: Request, reply: Reply) -> None:
-        cid = arg(req, "id", int)
+        cid = arg(req, "cardholder", int)
         holder = await self._run(self.store.get_cardholder, cid)
         creds = await self._run(self.store.list_credentials, cid)
         await reply(
@@ -179,7 +179,7 @@ class Management:
         )
 
     async def _cardholder_set_state(self, req: Request, reply: Reply) -> None:
-        cid = arg(req, "id", int)
+        cid = arg(req, "cardholder", int)
         state = arg(req, "state", str)
         if state not in {s.value for s in CardholderState}:
             raise ProtocolError(
@@ -193,7 +193,7 @@ class Management:
             state=state,
             source=self._source(req),
         )
-        await reply(ok(req.id, id=cid, state=state))
+        await reply(ok(req.id, cardholder=cid, state=state))
 
     # -- credentials -----------------------------------------------------------------------
 
@@ -222,13 +222,13 @@ class Management:
             card=card.masked(),
             source=self._source(req),
         )
-        await reply(ok(req.id, id=credential_id, card=card.masked()))
+        await reply(ok(req.id, credential=credential_id, card=card.masked()))
 
     async def _credential_revoke(self, req: Request, reply: Reply) -> None:
-        credential_id = arg(req, "id", int, required=False)
+        credential_id = arg(req, "credential", int, required=False)
         card_text = arg(req, "card", str, required=False)
         if (credential_id is None) == (card_text is None):
-            raise ProtocolError("'credential.revoke' needs exactly one of 'id' or 'card'")
+            raise ProtocolError("'credential.revoke' needs exactly one of 'credential' or 'card'")
         masked = ""
         if credential_id is not None:
             await self._run(self.store.set_credential_state, credential_id, "revoked")
@@ -369,7 +369,7 @@ class Management:
         self.recorder.record(
             "admin.level", action="add", level=name, doors=doors, source=self._source(req)
         )
-        await reply(ok(req.id, id=level_id))
+        await reply(ok(req.id, level=level_id))
 
     async def _access_level_list(self, req: Request, reply: Reply) -> None:
         levels = await self._run(self.store.list_levels)

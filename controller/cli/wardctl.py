@@ -46,11 +46,285 @@ def build_parser() -> argparse.ArgumentParser:
     door.add_argument("name")
     door.add_argument("--duration", type=float, help="pulse length in seconds (pulse only)")
 
+    _management_parsers(sub, common)
+
     events = sub.add_parser("events", help="show journal events", parents=[common])
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     events.add_argument("--limit", "-n", type=int, default=20, help="how many past events")
     events.add_argument("--after", type=int, help="events after this sequence number")
     return parser
+
+
+def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """cardholder, credential, access-level and reader commands."""
+    ch = sub.add_parser("cardholder", help="manage cardholders", parents=[common])
+    chs = ch.add_subparsers(dest="action", metavar="ACTION")
+    chs.required = True
+    add = chs.add_parser("add", help="add a cardholder", parents=[common])
+    add.add_argument("name")
+    pin = add.add_mutually_exclusive_group()
+    pin.add_argument("--pin-prompt", action="store_true", help="ask for a PIN (not echoed)")
+    pin.add_argument("--pin-stdin", action="store_true", help="read the PIN from stdin")
+    add.add_argument("--privilege", action="append", default=[], help="override, lockdown, ...")
+    add.add_argument("--level", action="append", default=[], help="access level to grant")
+    add.add_argument("--valid-from", help="ISO-8601 date-time, e.g. 2026-12-01T08:00")
+    add.add_argument("--valid-until", help="ISO-8601 date-time")
+    lst = chs.add_parser("list", help="list cardholders", parents=[common])
+    lst.add_argument("--name", help="name contains")
+    lst.add_argument("--limit", type=int, default=100)
+    show = chs.add_parser("show", help="one cardholder with credentials", parents=[common])
+    show.add_argument("id", type=int)
+    for action, text in (("disable", "disable"), ("enable", "re-enable")):
+        p = chs.add_parser(action, help=f"{text} a cardholder", parents=[common])
+        p.add_argument("id", type=int)
+    st = chs.add_parser("set-state", help="active, disabled, lost or revoked", parents=[common])
+    st.add_argument("id", type=int)
+    st.add_argument("state", choices=["active", "disabled", "lost", "revoked"])
+
+    cr = sub.add_parser("credential", help="manage credentials", parents=[common])
+    crs = cr.add_subparsers(dest="action", metavar="ACTION")
+    crs.required = True
+    add = crs.add_parser("add", help="enrol a card for a cardholder", parents=[common])
+    add.add_argument("cardholder", type=int)
+    add.add_argument("card", help="h10301:FC:NUM, h10304:FC:NUM, uid:HEX, number:DIGITS ...")
+    add.add_argument("--valid-from")
+    add.add_argument("--valid-until")
+    rev = crs.add_parser("revoke", help="revoke a credential (immediate)", parents=[common])
+    rev.add_argument("id", type=int, nargs="?")
+    rev.add_argument("--card", help="revoke by card instead of id")
+    lst = crs.add_parser("list", help="list credentials (masked)", parents=[common])
+    lst.add_argument("--cardholder", type=int)
+    imp = crs.add_parser("import", help="import a CSV, all or nothing", parents=[common])
+    imp.add_argument("file", type=Path)
+    exp = crs.add_parser("export", help="export cardholders and masked cards", parents=[common])
+    exp.add_argument("file", type=Path, nargs="?", help="default: stdout")
+
+    lv = sub.add_parser("access-level", help="manage access levels", parents=[common])
+    lvs = lv.add_subparsers(dest="action", metavar="ACTION")
+    lvs.required = True
+    add = lvs.add_parser("add", help="door group x schedule", parents=[common])
+    add.add_argument("name")
+    add.add_argument("--doors", required=True, help="comma-separated door names")
+    add.add_argument("--schedule", default="always", help="a [[schedules]] name, or 'always'")
+    lvs.add_parser("list", help="list access levels", parents=[common])
+    rm = lvs.add_parser("remove", help="delete an access level", parents=[common])
+    rm.add_argument("name")
+    for action in ("grant", "revoke"):
+        p = lvs.add_parser(action, help=f"{action} a level to/from a cardholder", parents=[common])
+        p.add_argument("cardholder", type=int)
+        p.add_argument("name")
+
+    rd = sub.add_parser("reader", help="readers", parents=[common])
+    rds = rd.add_subparsers(dest="action", metavar="ACTION")
+    rds.required = True
+    rds.add_parser("list", help="configured readers", parents=[common])
+    stt = rds.add_parser("status", help="online, tamper, secure channel", parents=[common])
+    stt.add_argument("name", nargs="?")
+    ins = rds.add_parser(
+        "install", help="time-boxed OSDP install mode (new Secure Channel key)", parents=[common]
+    )
+    ins.add_argument("name")
+    ins.add_argument("--window", type=float, default=60.0, help="seconds (5..600)")
+
+
+def _read_pin(args: argparse.Namespace) -> str | None:
+    if getattr(args, "pin_prompt", False):
+        import getpass
+
+        first = getpass.getpass("PIN: ")
+        if getpass.getpass("PIN again: ") != first:
+            raise _Usage("the two PINs differ")
+        return first
+    if getattr(args, "pin_stdin", False):
+        return sys.stdin.readline().strip()
+    return None
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [columns] + [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+def _emit(out: TextIO, as_json: bool, payload: Any, text: str) -> None:
+    out.write((json.dumps(payload, indent=2) if as_json else text) + "\n")
+
+
+def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) -> int:
+    as_json = bool(getattr(args, "json", False))
+    cmd, action = args.command, args.action
+    if cmd == "cardholder":
+        if action == "add":
+            req: dict[str, Any] = {"name": args.name, "privileges": args.privilege}
+            if args.level:
+                req["levels"] = args.level
+            pin = _read_pin(args)
+            if pin is not None:
+                req["pin"] = pin
+            if args.valid_from:
+                req["valid_from"] = args.valid_from
+            if args.valid_until:
+                req["valid_until"] = args.valid_until
+            reply = client.call("cardholder.add", **req)
+            cid = reply["cardholder"]
+            _emit(out, as_json, {"id": cid}, f"cardholder {cid} added")
+        elif action == "list":
+            req = {"limit": args.limit}
+            if args.name:
+                req["name"] = args.name
+            rows = client.call("cardholder.list", **req)["cardholders"]
+            _emit(
+                out,
+                as_json,
+                rows,
+                _table(rows, ["id", "name", "state", "levels", "privileges", "valid_until"]),
+            )
+        elif action == "show":
+            reply = client.call("cardholder.show", cardholder=args.id)
+            holder, creds = reply["cardholder"], reply["credentials"]
+            text = "\n".join(f"{k}: {_cell(v)}" for k, v in holder.items())
+            text += "\n\n" + _table(creds, ["id", "card", "format", "state", "valid_until"])
+            _emit(out, as_json, {"cardholder": holder, "credentials": creds}, text)
+        else:
+            state = {"disable": "disabled", "enable": "active"}.get(
+                action, getattr(args, "state", "")
+            )
+            client.call("cardholder.set-state", cardholder=args.id, state=state)
+            _emit(out, as_json, {"id": args.id, "state": state}, f"cardholder {args.id}: {state}")
+        return 0
+    if cmd == "credential":
+        if action == "add":
+            req = {"cardholder": args.cardholder, "card": args.card}
+            if args.valid_from:
+                req["valid_from"] = args.valid_from
+            if args.valid_until:
+                req["valid_until"] = args.valid_until
+            reply = client.call("credential.add", **req)
+            _emit(
+                out,
+                as_json,
+                {"id": reply["credential"], "card": reply["card"]},
+                f"credential {reply['credential']} ({reply['card']}) added",
+            )
+        elif action == "revoke":
+            if (args.id is None) == (args.card is None):
+                raise _Usage("give a credential id or --card, not both")
+            req = {"credential": args.id} if args.id is not None else {"card": args.card}
+            client.call("credential.revoke", **req)
+            _emit(out, as_json, {"revoked": True}, "revoked")
+        elif action == "list":
+            req = {} if args.cardholder is None else {"cardholder": args.cardholder}
+            rows = client.call("credential.list", **req)["credentials"]
+            _emit(
+                out,
+                as_json,
+                rows,
+                _table(rows, ["id", "cardholder_id", "card", "format", "state", "valid_until"]),
+            )
+        elif action == "import":
+            return _import(args.file, client, out, as_json)
+        elif action == "export":
+            chunks = []
+            for msg in client.stream("credential.export"):
+                if msg.get("done"):
+                    break
+                chunks.append(str(msg.get("data", "")))
+            text = "".join(chunks)
+            if args.file is None:
+                out.write(text)
+            else:
+                args.file.write_text(text, encoding="utf-8")
+        return 0
+    if cmd == "access-level":
+        if action == "add":
+            doors = [d.strip() for d in args.doors.split(",") if d.strip()]
+            client.call("access-level.add", name=args.name, doors=doors, schedule=args.schedule)
+            _emit(out, as_json, {"name": args.name}, f"access level {args.name} added")
+        elif action == "list":
+            rows = client.call("access-level.list")["levels"]
+            _emit(out, as_json, rows, _table(rows, ["name", "doors", "schedule"]))
+        elif action == "remove":
+            client.call("access-level.remove", name=args.name)
+            _emit(out, as_json, {"removed": args.name}, f"access level {args.name} removed")
+        else:
+            client.call(f"access-level.{action}", cardholder=args.cardholder, name=args.name)
+            _emit(out, as_json, {"ok": True}, f"{action}ed {args.name} for {args.cardholder}")
+        return 0
+    if cmd == "reader":
+        if action == "install":
+            reply = client.call("reader.install", reader=args.name, window_s=args.window)
+            _emit(
+                out,
+                as_json,
+                reply,
+                f"{args.name}: install mode open for {reply['window_s']:g}s - power the reader "
+                "with its default key now",
+            )
+            return 0
+        rows = client.call("reader.list")["readers"]
+        if action == "status" and args.name:
+            rows = [r for r in rows if r["reader"] == args.name]
+            if not rows:
+                raise CommandError(f"unknown reader {args.name!r}")
+        cols = ["reader", "door", "direction", "bus", "online", "secure", "tamper", "last_alarm"]
+        if action == "list":
+            cols = ["reader", "door", "direction", "bus", "address", "secure_required"]
+        _emit(out, as_json, rows, _table(rows, cols))
+        return 0
+    raise _Usage(f"unknown command {cmd!r}")  # pragma: no cover
+
+
+def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> int:
+    try:
+        data = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _Usage(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise _Usage(f"{path} is not UTF-8 (byte {exc.start})") from None
+    upload = client.call("credential.import.begin")
+    token, chunk = upload["upload"], int(upload["chunk_max"])
+    for start in range(0, len(data), chunk):
+        client.call("credential.import.chunk", upload=token, data=data[start : start + chunk])
+    tty = sys.stderr.isatty()
+    report: dict[str, Any] = {}
+    for msg in client.stream("credential.import.commit", upload=token):
+        if "progress" in msg and tty:
+            done, total = int(msg["progress"]), max(1, int(msg["total"]))
+            bar = "#" * (30 * done // total)
+            sys.stderr.write(f"\r[{bar:<30}] {done}/{total} rows")
+            sys.stderr.flush()
+        if msg.get("done"):
+            report = msg
+            break
+    if tty:
+        sys.stderr.write("\n")
+    if as_json:
+        out.write(json.dumps(report, indent=2) + "\n")
+    elif report.get("committed"):
+        out.write(
+            f"imported {report['rows']} rows: {report['cardholders']} cardholders, "
+            f"{report['credentials']} credentials in {report['elapsed_s']}s\n"
+        )
+    else:
+        out.write(
+            f"nothing imported: {report.get('rejected_count', 0)} of {report.get('rows', 0)} "
+            "rows rejected\n"
+        )
+        for r in report.get("rejected", []):
+            out.write(f"{path}:{r['line']}: {r['reason']}\n")
+    return 0 if report.get("committed") else EXIT_FAILED
 
 
 def _socket(args: argparse.Namespace) -> Path:
@@ -67,7 +341,7 @@ def format_event(e: dict[str, Any]) -> str:
     subject = e.get("door") or e.get("device") or ""
     details = " ".join(f"{k}={v}" for k, v in data.items() if v is not None and v != "")
     return (
-        f"{e.get('seq', ''):>7} {e.get('ts', '')} {e.get('kind', ''):<14} {subject:<16} {details}"
+        f"{e.get('seq', ''):>7} {e.get('ts', '')} {e.get('kind', ''):<18} {subject:<16} {details}"
     )
 
 
@@ -136,6 +410,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
                     f"{result['door']}: {result['action']} {verdict}; now {result['phase']}\n"
                 )
             return 0 if result["confirmed"] else EXIT_FAILED
+        if args.command in ("cardholder", "credential", "access-level", "reader"):
+            return _management(args, client, out)
         if args.command == "events":
             if not 1 <= args.limit <= 10_000:
                 raise _Usage("--limit must be between 1 and 10000")

@@ -341,7 +341,7 @@ def _rex(spec: DoorSpec, state: DoorState, event: RexChanged, effects: list[Reco
         return state
     effects.append(Record("door.rex", {"unlocks": spec.rex_unlocks}))
     shunt = event.now + spec.rex_pulse_s
-    state = replace(state, shunt_until=max(state.shunt_until, shunt))
+    state = replace(state, shunt_until=max(state.shunt_until, shunt + spec.relock_grace_s))
     if spec.rex_unlocks and state.intent is not Intent.UNLOCKED:
         state = replace(
             state, intent=Intent.PULSE, pulse_until=max(shunt, state.pulse_until or shunt)

@@ -345,6 +345,8 @@ class DoorService:
             elif timeout > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
+            else:
+                await asyncio.sleep(0)  # never spin without yielding, whatever the deadlines
 
     # -- internals -------------------------------------------------------------------------
 

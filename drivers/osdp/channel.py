@@ -13,6 +13,7 @@ watch the protocol (see ``drivers.osdp.wire``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable
@@ -101,10 +102,13 @@ class SerialChannel:
         port, self._port, self._fd = self._port, None, -1
         self._pending.clear()
         if port is not None:
-            try:
+            with contextlib.suppress(OSError):  # a vanished device is closed either way
                 port.close()
-            except OSError:  # closing a vanished device may fail; it is closed either way
-                pass
+
+    def detach(self) -> None:
+        """Drop the taps (libosdp never releases its reference to the channel)."""
+        self.on_rx = _no_tap
+        self.on_tx = _no_tap
 
     def _fail(self, reason: str) -> None:
         if not self.failure:

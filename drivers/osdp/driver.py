@@ -330,7 +330,11 @@ INDICATION_COMMANDS: Final[Mapping[Indication, tuple[Command, ...]]] = {
     # red steady until told otherwise
     Indication.LOCKDOWN: (_CANCEL_TEMPORARY, _led(LED_RED, temporary=False, on=1)),
     # LED off, buzzer off
-    Indication.IDLE: (_CANCEL_TEMPORARY, _led(LED_NONE, temporary=False, on=0), _buzzer(0, 0, 0, tone=1)),
+    Indication.IDLE: (
+        _CANCEL_TEMPORARY,
+        _led(LED_NONE, temporary=False, on=0),
+        _buzzer(0, 0, 0, tone=1),
+    ),
 }
 """The LED/buzzer commands each Indication sends (see docs/osdp.md)."""
 
@@ -394,8 +398,7 @@ class _Trace:
         if self.chlng_nak is not None:
             return (
                 "no-secure-channel",
-                f"the reader refused the Secure Channel challenge (NAK {self.chlng_nak}); "
-                "refused",
+                f"the reader refused the Secure Channel challenge (NAK {self.chlng_nak}); refused",
             )
         if self.got_ccrypt and not self.got_rmac:
             return (
@@ -404,7 +407,10 @@ class _Trace:
                 "SCBK (wrong key, or a reader still in install mode); refused",
             )
         if self.sent_scrypt and not self.got_rmac:
-            return ("sc-failure", "the reader rejected our Secure Channel cryptogram (key mismatch)")
+            return (
+                "sc-failure",
+                "the reader rejected our Secure Channel cryptogram (key mismatch)",
+            )
         return None
 
 
@@ -444,6 +450,7 @@ class _Reader:
     install: _Install | None = None
     rotating: bytes | None = None  # a new key sent with KEYSET, awaiting the reader's answer
     told_clear_text: bool = False
+    persist_failed: bool = False
 
     @property
     def tamper(self) -> bool:
@@ -663,7 +670,7 @@ class OsdpReaderBus:
         try:
             self._sink(event)
         except Exception:
-            self._log.exception("event sink failed", event=type(event).__name__)
+            log.exception("event sink failed", device=self.name, event=type(event).__name__)
 
     def _finish(self, error: BaseException | None) -> None:
         done = self._done
@@ -682,9 +689,9 @@ class OsdpReaderBus:
             with self._lock:
                 self._cp = self._setup()
             self._serve()
-        except BaseException as exc:  # reported to run(), which raises it
+        except Exception as exc:  # reported to run(), which raises it
             error = exc
-            self._log.exception("OSDP refresh thread failed")
+            log.exception("OSDP refresh thread failed", device=self.name)
         finally:
             with self._lock:
                 cp, self._cp = self._cp, None
@@ -693,6 +700,7 @@ class OsdpReaderBus:
                     cp.set_command_completion_callback(_ignore_completion)
                 del cp
                 self._channel.close()
+                self._channel.detach()
             self._post(self._finish, error)
 
     def _setup(self) -> _CpContext:
@@ -858,11 +866,11 @@ class OsdpReaderBus:
             if r.secure and libosdp_online and not sc:
                 # a clear-text session with a reader that must use Secure Channel (possible
                 # only while its install window relaxes ENFORCE_SECURE): cut it off
-                self._alarm(
-                    r,
+                kind, detail = r.trace.verdict() or (
                     "no-secure-channel",
                     "the reader came up without Secure Channel; disabled",
                 )
+                self._alarm(r, kind, detail)
                 self._start_kick(cp, r, now + r.backoff.next_delay())
             elif r.secure and libosdp_online and sc:
                 self._secure_session(cp, r)
@@ -882,7 +890,9 @@ class OsdpReaderBus:
                 r.keys = ""
             heard = now - r.trace.last_rx_at < self._offline_after
             online = line_up and libosdp_online and heard and (sc or not r.secure)
-            self._report(r, online, online and sc, now, line_up, heard)
+            self._report(
+                r, online=online, secure=online and sc, now=now, line_up=line_up, heard=heard
+            )
 
     def _attempt_failed(self, r: _Reader, now: float) -> None:
         verdict = r.trace.verdict() if r.secure else None
@@ -892,29 +902,28 @@ class OsdpReaderBus:
         r.kick_at = now + r.backoff.next_delay()
 
     def _start_kick(self, cp: _CpContext, r: _Reader, at: float | None) -> None:
-        """Restart libosdp's connect attempt for ``r`` now (``at`` None) or later."""
+        """Restart libosdp's connect attempt for ``r`` now (``at`` None), or cut it off now
+        and restart it at ``at``."""
+        r.kick_at = at
         if at is not None:
-            r.kick_at = at
-        else:
-            r.kick_at = None
-        if at is not None and r.kick is _Kick.NONE and cp.is_pd_enabled(r.index):
-            cp.disable_pd(r.index)  # cut it off now; re-enabled when the delay is up
+            if r.kick is _Kick.NONE and cp.is_pd_enabled(r.index):
+                cp.disable_pd(r.index)
             return
         if r.kick is _Kick.NONE:
             self.stats["kicks"] += 1
             if cp.is_pd_enabled(r.index):
                 cp.disable_pd(r.index)
-            r.kick = _Kick.DISABLING
+            r.kick = _Kick.DISABLING  # re-enabled once libosdp has processed the disable
 
     def _report(
-        self, r: _Reader, online: bool, secure: bool, now: float, line_up: bool, heard: bool
+        self, r: _Reader, *, online: bool, secure: bool, now: float, line_up: bool, heard: bool
     ) -> None:
         state = (online, r.tamper, secure)
         if state == r.reported:
             return
         if r.reported is None and not online and now - self._started_at < self._offline_after:
             return  # give readers a moment to come up before the first report
-        if online and secure:
+        if online:
             r.backoff.reset()
             r.alarmed.clear()
         if online and not r.secure and not r.told_clear_text:
@@ -961,7 +970,7 @@ class OsdpReaderBus:
             elif kind == EVENT_STATUS:
                 self._status_report(r, event)
         except Exception:
-            self._log.exception("OSDP event handling failed")
+            log.exception("OSDP event handling failed", device=self.name)
         return 0
 
     def _insecure(self, r: _Reader, what: str) -> bool:
@@ -1025,7 +1034,7 @@ class OsdpReaderBus:
             if command.get("command") == CMD_KEYSET:
                 self._keyset_done(self._readers[index], command, status == COMPLETION_OK)
         except Exception:
-            self._log.exception("OSDP completion handling failed")
+            log.exception("OSDP completion handling failed", device=self.name)
 
     # -- Secure Channel sessions and install mode ---------------------------------------------
 
@@ -1033,7 +1042,7 @@ class OsdpReaderBus:
         """``r`` is online with Secure Channel under ``r.scbk``: persist or rotate as needed."""
         if not r.persisted and r.scbk is not None:
             # only install mode hands this key out (libosdp's KEYSET after SCBK-D)
-            if self._persist(r, r.scbk):
+            if not r.persist_failed and self._persist(r, r.scbk):
                 self._close_install(cp, r, f"provisioned: a new SCBK was written to {r.key_file}")
             return
         install = r.install
@@ -1093,11 +1102,12 @@ class OsdpReaderBus:
         try:
             write_scbk(r.key_file, key)
         except OSError as exc:
+            r.persist_failed = True
             self._alarm(
                 r,
                 "install-mode",
                 f"the reader was provisioned but {r.key_file} could not be written "
-                f"({exc.strerror or exc})",
+                f"({exc.strerror or exc}); it will be lost at the next restart",
                 once=False,
             )
             return False

@@ -80,8 +80,7 @@ def _check_owner_and_mode(path: Path, info: os.stat_result) -> None:
     mode = stat.S_IMODE(info.st_mode)
     if mode & ~_ALLOWED_MODE:
         raise KeyFileError(
-            f"{path}: key file mode is {mode:04o}; it must be 0600 or 0640 "
-            f"(run: chmod 600 {path})"
+            f"{path}: key file mode is {mode:04o}; it must be 0600 or 0640 (run: chmod 600 {path})"
         )
 
 

@@ -247,6 +247,4 @@ class Decoder:
 
 def pdcap_entries(payload: bytes) -> dict[int, tuple[int, int]]:
     """Decode an osdp_PDCAP payload: function code -> (compliance level, number of items)."""
-    return {
-        payload[i]: (payload[i + 1], payload[i + 2]) for i in range(0, len(payload) - 2, 3)
-    }
+    return {payload[i]: (payload[i + 1], payload[i + 2]) for i in range(0, len(payload) - 2, 3)}

@@ -276,7 +276,8 @@ class Decoder:
             return end
         if view[end] == STX:
             if self._skipping:
-                self._out.append(BadFrame("line too long", len(self._buf)))
+                if self._buf:
+                    self._out.append(BadFrame("line too long", len(self._buf)))
             elif self._buf.strip(b" \t"):
                 self._out.append(BadFrame("line cut short by STX", len(self._buf)))
             self._buf.clear()

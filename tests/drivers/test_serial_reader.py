@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -308,6 +309,7 @@ async def test_socket_url_reads_cards_and_reconnects() -> None:
     port = server.sockets[0].getsockname()[1]
     events: list[DriverEvent] = []
     bus = make_bus(f"socket://127.0.0.1:{port}", events)
+    peer: asyncio.StreamWriter | None = None
     try:
         async with running(bus):
             peer = await asyncio.wait_for(connections.get(), 5)
@@ -321,28 +323,51 @@ async def test_socket_url_reads_cards_and_reconnects() -> None:
             await wait_for(lambda: bus.online)
             peer.write(b"0009334109\n")
             await wait_for(lambda: len(events) >= 6)
-            assert events[3].online is False  # type: ignore[union-attr]
-            assert events[5] == EM_READ
-            peer.close()
-            await peer.wait_closed()
+        assert events[3].online is False  # type: ignore[union-attr]
+        assert events[5] == EM_READ
+        assert events[6:] == [ReaderStatus("r1", online=False, secure=None, detail="stopped")]
     finally:
         server.close()
         await server.wait_closed()
-        while not connections.empty():  # the driver may have reconnected once more
-            extra = connections.get_nowait()
-            extra.close()
-            await extra.wait_closed()
+        if peer is not None:
+            connections.put_nowait(peer)
+        while not connections.empty():
+            writer = connections.get_nowait()
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+class HangUpListener:
+    """A TCP port that accepts every connection and closes it at once (plain sockets)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        asyncio.get_running_loop().add_reader(self.sock, self.drain)
+
+    def drain(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return
+            conn.close()
+            self.accepted += 1
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock)
+        self.drain()  # every handshake the client completed is in the backlog
+        self.sock.close()
 
 
 async def test_a_line_that_drops_at_once_backs_off_instead_of_flapping() -> None:
-    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.close()
-
-    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    listener = HangUpListener()
     events: list[DriverEvent] = []
     bus = SerialReaderBus(
-        SerialReaderBusConfig("line1", f"socket://127.0.0.1:{port}"),
+        SerialReaderBusConfig("line1", f"socket://127.0.0.1:{listener.port}"),
         "r1",
         events.append,
         backoff_initial_s=0.02,
@@ -353,8 +378,7 @@ async def test_a_line_that_drops_at_once_backs_off_instead_of_flapping() -> None
         async with running(bus):
             await asyncio.sleep(0.8)
     finally:
-        server.close()
-        await server.wait_closed()
+        listener.close()
     # resetting the backoff on every open reconnects ~70 times here (mean delay 10 ms);
     # growing to the 0.2 s cap, about 15
     assert 2 <= bus.stats["opens"] <= 30

@@ -505,7 +505,7 @@ def test_rex_that_unlocks_pulses_and_shunts(lock: str) -> None:
     assert transitions(effects) == [("locked", "unlocked")]
     assert door.intent() is Intent.PULSE
     assert door.state.pulse_until == 14.0
-    assert door.state.shunt_until == 14.0
+    assert door.state.shunt_until == 15.0  # rex_pulse_s + relock grace
     assert door.released
     assert door.feed(RexChanged(True, 10.5)) == []  # no edge, no second pulse
     assert door.feed(RexChanged(False, 11.0)) == []
@@ -532,7 +532,7 @@ def test_rex_without_unlock_only_shunts(lock: str) -> None:
     effects = door.feed(RexChanged(True, 10.0))
     assert effects == [Record("door.rex", {"unlocks": False})]
     assert door.intent() is Intent.LOCKED
-    assert door.state.shunt_until == 14.0
+    assert door.state.shunt_until == 15.0  # rex_pulse_s + relock grace
     assert not door.released
     door.feed(RexChanged(False, 11.0))
     assert not door.released
@@ -862,7 +862,9 @@ class Model:
                 self.contact = Contact.OPEN if is_open else Contact.CLOSED
             case RexChanged(pressed=pressed, now=now):
                 if pressed and not self.rex:
-                    self.shunt_until = max(self.shunt_until, now + spec.rex_pulse_s)
+                    self.shunt_until = max(
+                        self.shunt_until, now + spec.rex_pulse_s + spec.relock_grace_s
+                    )
                     if spec.rex_unlocks and self.intent is not Intent.UNLOCKED:
                         self.start_pulse(now + spec.rex_pulse_s)
                 self.rex = pressed
@@ -1152,7 +1154,7 @@ class FailSafeDoor(DoorMachineTest):
     LOCK = FAIL_SAFE
 
 
-STATEFUL = settings(max_examples=200, stateful_step_count=50, deadline=None)
+STATEFUL = settings(max_examples=150, stateful_step_count=50, deadline=None)
 
 
 @pytest.mark.parametrize("machine", [FailSecureDoor, FailSafeDoor], ids=LOCKS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -1128,3 +1129,18 @@ def test_safety_under_random_sequences(
             assert now <= first.deadline_s
         if at.apb == "hard" and at.mode != DoorMode.FREE:
             assert before.apb_position(at.zone, person.id) != at.direction
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def test_reason_table_in_docs_matches_the_code() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "access.md").read_text("utf-8")
+    rows = {}
+    for line in doc.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[1] in {"yes", "no"}:
+            rows[cells[0].strip("`")] = (cells[1] == "yes", cells[2] == "yes")
+    assert set(rows) == {r.value for r in Reason}
+    for reason in Reason:
+        assert rows[reason.value] == (reason.granted, reason in COUNTED_DENIALS), reason

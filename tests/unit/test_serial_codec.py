@@ -399,3 +399,14 @@ def test_auto_reads_an_all_digit_line_as_decimal() -> None:
     """Documented ambiguity: configure uid-hex for a reader that prints hex UIDs."""
     assert decode_all(b"04123456\r\n") == [NumberFrame("04123456")]
     assert decode_all(b"04123456\r\n", Framing.UID_HEX) == [UidFrame(bytes.fromhex("04123456"))]
+
+
+def test_stx_right_after_an_overflow_reports_nothing_empty() -> None:
+    """Found by hypothesis: the rest of a long line may be empty when STX arrives."""
+    decoder = Decoder(Framing.AUTO, max_line=16)
+    decoder.feed(b"Z" * 17)
+    decoder.feed(b"\x0206008E6D5DB8\x03")
+    assert drain(decoder) == [
+        BadFrame("line too long", 17),
+        Em4100Frame(bytes.fromhex("06008E6D5D")),
+    ]
