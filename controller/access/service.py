@@ -87,12 +87,6 @@ class ReaderInfo:
 
 
 @dataclass
-class _Pending:
-    credential: Credential
-    card: str = ""
-
-
-@dataclass
 class AccessService:
     """Every reader of the site: decisions, feedback, free-access schedules."""
 
@@ -114,20 +108,13 @@ class AccessService:
             s.name: s.schedule() for s in self.settings.schedules
         }
         self.holidays = frozenset(self.settings.access.holidays)
-        a = self.settings.access
-        self.config = PolicyConfig(
-            pin_timeout_s=a.pin_timeout_s,
-            two_person_window_s=a.two_person_window_s,
-            throttle_denials=a.throttle_denials,
-            throttle_window_s=a.throttle_window_s,
-            throttle_lockout_s=a.throttle_lockout_s,
-        )
+        self.config = PolicyConfig.from_settings(self.settings.access)
         self.zones = {z.name: z for z in self.settings.zones}
         self.interlock_of: dict[str, list[str]] = {}
         for group in self.settings.interlocks:
             for d in group.doors:
                 self.interlock_of.setdefault(d, []).extend(x for x in group.doors if x != d)
-        self._pending: dict[str, _Pending] = {}
+        self._pending_keys: dict[str, str] = {}  # reader -> card key awaiting its PIN
         self._free: dict[str, bool] = {}
         self._bus_of = {r.name: r.bus for r in self.settings.readers}
 
@@ -246,22 +233,25 @@ class AccessService:
             reader_secure=self._secure(info),
         )
         decision = self._decide(request, info, card=card, detail=detail)
-        if decision.reason is Reason.PENDING_PIN and credential is not None:
-            self._pending[reader.name] = _Pending(credential, card.masked() if card else "")
+        if decision.reason is Reason.PENDING_PIN and card is not None:
+            self._pending_keys[reader.name] = card.key
         else:
-            self._pending.pop(reader.name, None)
+            self._pending_keys.pop(reader.name, None)
 
     def _keys(self, info: ReaderInfo, event: KeypadRead) -> None:
         reader = info.settings
         pin = event.keys.strip().rstrip("#").lstrip("*")
-        pending = self._pending.pop(reader.name, None)
+        # the policy state says whether a card waits for this PIN; the credential is read
+        # again so that a revocation between card and PIN takes effect
+        key = self._pending_keys.pop(reader.name, None)
+        pending = self._state.pending_pin(reader.name)
         credential: Credential | None = None
         check: PinCheck = PinCheck.BAD
         policy = self._door_policy(reader)
         try:
-            if pending is not None:
-                credential = pending.credential
-                check = self.store.check_pin(credential.cardholder.id, pin)
+            if pending is not None and key is not None:
+                credential = self.store.lookup(key)
+                check = self.store.check_pin(pending.cardholder_id, pin)
             elif policy.mode is DoorMode.PIN:
                 match = self.store.match_pin(pin)
                 if match is not None:

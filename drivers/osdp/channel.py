@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import termios
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -77,7 +78,6 @@ class SerialChannel:
                 parity="N",
                 stopbits=1,
                 timeout=0,
-                write_timeout=0,
                 exclusive=True,
             )
         except OSError as exc:  # SerialException is an OSError
@@ -90,6 +90,12 @@ class SerialChannel:
             raise DeviceError(f"{self.device}: {exc}") from exc
         fd = int(port.fileno())
         os.set_blocking(fd, False)
+        # pyserial leaves VMIN=0, where an empty read returns b"" like a hang-up does; with
+        # VMIN=1 an idle non-blocking read is EAGAIN and b"" means the line is gone
+        attrs = termios.tcgetattr(fd)
+        attrs[6][termios.VMIN] = 1
+        attrs[6][termios.VTIME] = 0
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
         port.reset_input_buffer()
         self._port = port
         self._fd = fd
