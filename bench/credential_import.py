@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -159,9 +160,10 @@ def run(n_rows: int, lookups: int, seed: int) -> dict[str, Any]:
         with CredentialStore.open(db, secret, duress="last-digit-plus-one") as store:
             for name in LEVELS:
                 store.add_level(name, [f"door-{name}", "main"], "always")
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             report = import_csv(store, csv_path)
-            import_s = time.perf_counter() - t0
+            import_s, import_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        import_hwm_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if not report.committed:
             raise RuntimeError(f"import rejected: {report.summary()}: {report.rejected[:3]}")
         db_mb = sum(p.stat().st_size for p in db.parent.iterdir()) / (1 << 20)
@@ -190,6 +192,9 @@ def run(n_rows: int, lookups: int, seed: int) -> dict[str, Any]:
         "credentials": report.credentials,
         "import_s": round(import_s, 2),
         "rows_per_s": round(report.rows / import_s) if import_s > 0 else 0,
+        "import_cpu_s": round(import_cpu_s, 2),
+        "import_phases_s": {k: round(v, 2) for k, v in report.phase_s.items()},
+        "import_rss_hwm_mb": round(import_hwm_mb, 1),
         "generate_csv_s": round(generate_s, 2),
         "db_mb": round(db_mb, 1),
         **measured,
@@ -205,7 +210,9 @@ def summary_text(r: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"credential import: {r['rows']} rows in {r['import_s']} s "
-            f"({r['rows_per_s']} rows/s; target <= {r['target_import_s']} s), db {r['db_mb']} MB",
+            f"({r['rows_per_s']} rows/s, {r['import_cpu_s']} s CPU; target <= "
+            f"{r['target_import_s']} s), db {r['db_mb']} MB, importer peak RSS "
+            f"{r['import_rss_hwm_mb']} MB",
             f"  daemon RSS with the store open: {r['rss_mb']} MB (peak {r['rss_hwm_mb']} MB, "
             f"before opening {r['rss_baseline_mb']} MB; target <= {r['target_rss_mb']} MB)",
             f"  lookup p50 {r['lookup_p50_us']} us, p99 {r['lookup_p99_us']} us; "

@@ -396,7 +396,7 @@ class SerialReaderBusSettings(_Model):
     name: Name = Field(description="Name that readers use to refer to this line.")
     device: Token = Field(description="Serial device path, or socket://host:port.")
     baudrate: int = Field(default=9600, ge=300, le=230400, strict=True, description="Baud rate.")
-    framing: Literal["auto", "wiegand-hex", "decimal", "uid-hex"] = Field(
+    framing: Literal["auto", "wiegand-hex", "decimal", "uid-hex", "em4100-stx"] = Field(
         default="auto", description="How the converter prints a card (docs/readers.md)."
     )
 

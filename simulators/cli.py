@@ -130,12 +130,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--json", action="store_true", help="print the raw JSON status")
     _control_option(status)
 
+    from simulators import cli_serial_reader
+
+    cli_serial_reader.register(cmds)
+    try:
+        from simulators import cli_osdp
+    except ImportError:  # libosdp missing: the OSDP simulator is unavailable, the rest works
+        pass
+    else:
+        cli_osdp.register(cmds)
+
 
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed ``sim`` command; return the exit status."""
     command = getattr(args, "sim_command", None)
     if command == "modbus":
         return _run_modbus(args)
+    if command == "serial-reader":
+        from simulators import cli_serial_reader
+
+        return cli_serial_reader.run(args)
+    if command == "osdp":
+        from simulators import cli_osdp
+
+        return cli_osdp.run(args)
     request = _request_for(args)
     if request is None:
         print(f"{PROG}: unknown command {command!r}", file=sys.stderr)

@@ -447,7 +447,10 @@ class SimOsdpReader:
         *pds: SimOsdpPd,
         device: str | Path | None = None,
         refresh_period_s: float = 0.002,
+        libosdp_log_level: int | None = _osdp.LOG_CRIT,
     ) -> None:
+        if libosdp_log_level is not None:  # libosdp prints its own log lines on stderr
+            _osdp.set_loglevel(libosdp_log_level)
         self._pds: tuple[SimOsdpPd, ...] = pds or (SimOsdpPd(),)
         addresses = [pd.address for pd in self._pds]
         if len(set(addresses)) != len(addresses):

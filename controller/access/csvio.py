@@ -15,14 +15,15 @@ to recreate cards; back up the database file (with the site secret) for that.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, tzinfo
 from datetime import time as dtime
 from pathlib import Path
 from typing import Final, TextIO
@@ -93,6 +94,9 @@ _STATES: Final = ", ".join(s.value for s in CardholderState)
 _PRIVILEGES: Final = ", ".join(p.value for p in Privilege)
 _DATE_HELP: Final = "expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM|Z]"
 _FILE_MODE: Final = 0o640
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_STATE_BY_NAME: Final = {s.value: s for s in CardholderState}
+_PRIVILEGE_BY_NAME: Final = {p.value: p for p in Privilege}
 
 
 class ImportFileError(StoreError):
@@ -122,6 +126,7 @@ class ImportReport:
     rejected: tuple[Rejection, ...]  # the first ``max_listed`` by line number
     rejected_count: int  # all of them
     elapsed_s: float
+    phase_s: Mapping[str, float] = field(default_factory=dict)  # read, add, check, insert...
 
     @property
     def ok(self) -> bool:
@@ -208,6 +213,9 @@ def import_csv(
         if progress is not None:
             progress(rows, rows)
         cardholders, credentials = (bulk.cardholders, bulk.credentials) if committed else (0, 0)
+        phases = dict(bulk.phase_s)
+    elapsed = time.monotonic() - started
+    phases["read"] = max(0.0, elapsed - sum(phases.values()))
     rejected.sort(key=lambda r: r.line)
     return ImportReport(
         path=path,
@@ -217,7 +225,8 @@ def import_csv(
         credentials=credentials,
         rejected=tuple(rejected[:max_listed]),
         rejected_count=rejected_count,
-        elapsed_s=time.monotonic() - started,
+        elapsed_s=elapsed,
+        phase_s={k: round(v, 3) for k, v in phases.items()},
     )
 
 
@@ -229,7 +238,7 @@ def parse_validity(text: str, zone: tzinfo, *, end: bool) -> datetime:
     """
     text = text.strip()
     if len(text) == 10:
-        day = datetime.strptime(text, "%Y-%m-%d").date()
+        day = date.fromisoformat(text)
         if end:
             day += timedelta(days=1)
         return datetime.combine(day, dtime(0, 0), tzinfo=zone)
@@ -247,7 +256,10 @@ class _RowParser:
         self.reader = csv.reader(stream, strict=True)
         self.levels = levels
         self.zone = zone
-        self.columns = self._header()
+        columns = self._header()
+        # Position of each import column in a row (-1: absent), in IMPORT_COLUMNS order.
+        self.positions = tuple(columns.get(c, -1) for c in IMPORT_COLUMNS)
+        self.width = len(columns)
 
     def _header(self) -> dict[str, int]:
         try:
@@ -276,105 +288,72 @@ class _RowParser:
         return {n: i for i, n in enumerate(names)}
 
     def __iter__(self) -> Iterator[ImportRow | Rejection]:
-        width = len(self.columns)
-        line = self.reader.line_num + 1
+        width = self.width
+        reader = self.reader
+        row = self._row
+        line = reader.line_num + 1
         while True:
             try:
-                fields = next(self.reader)
+                fields = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                raise ImportFileError(f"{self.path} line {self.reader.line_num}: {exc}") from exc
-            start, line = line, self.reader.line_num + 1
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
-                continue  # blank line
+                raise ImportFileError(f"{self.path} line {reader.line_num}: {exc}") from exc
+            start, line = line, reader.line_num + 1
             if len(fields) != width:
+                if not fields or (len(fields) == 1 and not fields[0].strip()):
+                    continue  # blank line
                 yield Rejection(start, f"expected {width} fields, found {len(fields)}")
                 continue
-            yield self._row(start, fields)
+            yield row(start, fields)
 
     def _row(self, line: int, fields: list[str]) -> ImportRow | Rejection:
+        """Validate one row; every problem of the row goes into one Rejection."""
         reasons: list[str] = []
-        if any(_not_utf8(f) for f in fields):
-            return Rejection(line, "not valid UTF-8")
-        col = self.columns
-
-        def cell(name: str) -> str:
-            i = col.get(name)
-            return "" if i is None else fields[i].strip()
-
-        name = cell("name")
+        name, card, pin, vf_text, vu_text, st_text, lv_text, pv_text = (
+            "" if i < 0 else fields[i].strip() for i in self.positions
+        )
         if not name:
             reasons.append("name is empty")
         elif len(name) > _MAX_NAME:
             reasons.append(f"name is longer than {_MAX_NAME} characters")
-        elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        elif _CONTROL.search(name):
             reasons.append("name contains control characters")
-        cards = self._cards(cell("card"), reasons)
-        pin = cell("pin") or None
-        if pin is not None and not _PIN_RE.fullmatch(pin):
+        cards = _cards(card, reasons) if card else ()
+        if pin and not _PIN_RE.fullmatch(pin):
             reasons.append("bad PIN: must be 4 to 8 digits")
-            pin = None
-        valid_from = self._moment(cell("valid_from"), "valid_from", reasons, end=False)
-        valid_until = self._moment(cell("valid_until"), "valid_until", reasons, end=True)
+        valid_from = self._moment(vf_text, "valid_from", reasons, end=False) if vf_text else None
+        valid_until = self._moment(vu_text, "valid_until", reasons, end=True) if vu_text else None
         if valid_from is not None and valid_until is not None and valid_until <= valid_from:
             reasons.append("valid_until is not after valid_from")
-        state_text = cell("state").lower() or CardholderState.ACTIVE.value
-        state = CardholderState.ACTIVE
-        try:
-            state = CardholderState(state_text)
-        except ValueError:
-            reasons.append(f"bad state {_quote(state_text)}: expected {_STATES}")
-        levels = _split(cell("levels"))
-        for level in levels:
-            if level not in self.levels:
-                reasons.append(
-                    f"unknown level {_quote(level)} (create it first: wardctl access-level add)"
-                )
-        privileges: set[Privilege] = set()
-        for text in _split(cell("privileges")):
-            try:
-                privileges.add(Privilege(text.lower()))
-            except ValueError:
-                reasons.append(f"unknown privilege {_quote(text)}: expected {_PRIVILEGES}")
-        if reasons:
+        state = _STATE_BY_NAME.get(st_text.lower()) if st_text else CardholderState.ACTIVE
+        if state is None:
+            reasons.append(f"bad state {_quote(st_text)}: expected {_STATES}")
+        levels: tuple[str, ...] = ()
+        if lv_text:
+            levels = tuple(dict.fromkeys(_split(lv_text)))
+            for level in levels:
+                if level not in self.levels:
+                    reasons.append(
+                        f"unknown level {_quote(level)} (create it first: wardctl access-level add)"
+                    )
+        privileges: frozenset[Privilege] = frozenset()
+        if pv_text:
+            found: set[Privilege] = set()
+            for text in _split(pv_text):
+                privilege = _PRIVILEGE_BY_NAME.get(text.lower())
+                if privilege is None:
+                    reasons.append(f"unknown privilege {_quote(text)}: expected {_PRIVILEGES}")
+                else:
+                    found.add(privilege)
+            privileges = frozenset(found)
+        if reasons or state is None:
             return Rejection(line, "; ".join(reasons))
         return ImportRow(
-            line=line,
-            name=name,
-            cards=cards,
-            pin=pin,
-            valid_from=valid_from,
-            valid_until=valid_until,
-            state=state,
-            privileges=frozenset(privileges),
-            levels=tuple(dict.fromkeys(levels)),
+            line, name, cards, pin or None, valid_from, valid_until, state, privileges, levels
         )
 
-    @staticmethod
-    def _cards(text: str, reasons: list[str]) -> tuple[CardEntry, ...]:
-        items = _split(text)
-        entries: list[CardEntry] = []
-        several = len(items) > 1
-        for n, item in enumerate(items, start=1):
-            which = f"card {n}" if several else "card"
-            if "*" in item or "\u2026" in item:
-                reasons.append(
-                    f"{which} is masked: an export cannot be re-imported "
-                    "(card numbers are not stored)"
-                )
-                continue
-            try:
-                card = parse_card(item)
-            except CardNumberError as exc:
-                reasons.append(f"bad {which}: {exc}")  # the message never repeats the number
-                continue
-            entries.append(CardEntry(card.key, card.format.value, card.masked()))
-        return tuple(entries)
-
     def _moment(self, text: str, what: str, reasons: list[str], *, end: bool) -> datetime | None:
-        if not text:
-            return None
         try:
             return parse_validity(text, self.zone, end=end)
         except ValueError:
@@ -382,20 +361,39 @@ class _RowParser:
             return None
 
 
+def _cards(text: str, reasons: list[str]) -> tuple[CardEntry, ...]:
+    """Parse the ``card`` cell: one or more cards separated by ';'."""
+    items = _split(text)
+    entries: list[CardEntry] = []
+    several = len(items) > 1
+    for n, item in enumerate(items, start=1):
+        which = f"card {n}" if several else "card"
+        if "*" in item or "\u2026" in item:
+            reasons.append(
+                f"{which} is masked: an export cannot be re-imported (card numbers are not stored)"
+            )
+            continue
+        try:
+            card = parse_card(item)
+        except CardNumberError as exc:
+            reasons.append(f"bad {which}: {exc}")  # the message never repeats the number
+            continue
+        entry = CardEntry(card.key, card.format.value, card.masked())
+        if several and entry in entries:
+            reasons.append(f"duplicate card: {entry.masked} is listed twice in the row")
+            continue
+        entries.append(entry)
+    return tuple(entries)
+
+
 def _split(text: str) -> list[str]:
+    if _LIST_SEPARATOR not in text:
+        return [text] if text else []
     return [p.strip() for p in text.split(_LIST_SEPARATOR) if p.strip()]
 
 
 def _quote(text: str) -> str:
     return repr(text if len(text) <= 40 else text[:37] + "...")
-
-
-def _not_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _zone(value: tzinfo | str) -> tzinfo:
@@ -410,7 +408,7 @@ def _zone(value: tzinfo | str) -> tzinfo:
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[TextIO]:
     try:
-        stream = path.open(encoding="utf-8-sig", errors="surrogateescape", newline="")
+        stream = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     with stream:
@@ -418,14 +416,28 @@ def _open(path: Path) -> Iterator[TextIO]:
 
 
 def _count_rows(path: Path) -> int:
-    """Physical lines after the header (the progress bar's total; quoted newlines overcount)."""
+    """Physical lines after the header (the progress bar's total); refuse a file not in UTF-8."""
     count = 0
     last = b"\n"
+    decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as exc:
+                    line = count + chunk.count(b"\n", 0, exc.start) + 1
+                    raise ImportFileError(
+                        f"{path} line {line}: not valid UTF-8; save the file as UTF-8"
+                    ) from None
                 count += chunk.count(b"\n")
                 last = chunk[-1:]
+            try:
+                decoder.decode(b"", final=True)
+            except UnicodeDecodeError:
+                raise ImportFileError(
+                    f"{path} line {count + 1}: not valid UTF-8; save the file as UTF-8"
+                ) from None
     except OSError as exc:
         raise ImportFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
     if last != b"\n":

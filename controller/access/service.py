@@ -115,6 +115,7 @@ class AccessService:
             for d in group.doors:
                 self.interlock_of.setdefault(d, []).extend(x for x in group.doors if x != d)
         self._pending_keys: dict[str, str] = {}  # reader -> card key awaiting its PIN
+        self._keybuf: dict[str, tuple[str, float]] = {}  # reader -> (keys so far, started)
         self._free: dict[str, bool] = {}
         self._bus_of = {r.name: r.bus for r in self.settings.readers}
 
@@ -239,8 +240,29 @@ class AccessService:
             self._pending_keys.pop(reader.name, None)
 
     def _keys(self, info: ReaderInfo, event: KeypadRead) -> None:
+        """Assemble a PIN: a multi-key entry is complete; single keys collect until '#'."""
+        keys = event.keys.strip()
+        name = info.settings.name
+        now = self.clock()
+        if len(keys) > 1 or keys == "#":
+            buffered, _ = self._keybuf.pop(name, ("", 0.0))
+            entry = (buffered + keys) if keys == "#" else keys
+        else:
+            buffered, started = self._keybuf.get(name, ("", now))
+            if now - started > self.config.pin_timeout_s:
+                buffered, started = "", now
+            if keys == "*":
+                self._keybuf.pop(name, None)  # '*' clears the entry
+                return
+            if len(buffered) >= 16:
+                buffered = ""
+            self._keybuf[name] = (buffered + keys, started)
+            return
+        self._pin(info, entry)
+
+    def _pin(self, info: ReaderInfo, entry: str) -> None:
         reader = info.settings
-        pin = event.keys.strip().rstrip("#").lstrip("*")
+        pin = entry.strip().rstrip("#").lstrip("*")
         # the policy state says whether a card waits for this PIN; the credential is read
         # again so that a revocation between card and PIN takes effect
         key = self._pending_keys.pop(reader.name, None)

@@ -43,6 +43,7 @@ defines its own ``always``.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import functools
 import hmac
@@ -933,11 +934,14 @@ class CredentialStore:
 
     # -- bulk --------------------------------------------------------------------------------------
 
-    def bulk_import(self, *, cache_kib: int = 65536) -> BulkImport:
+    def bulk_import(self, *, cache_kib: int = 16384) -> BulkImport:
         """Start an all-or-nothing import on its own connection (``with`` it; see BulkImport)."""
         self._writer()  # raise if closed
         try:
             conn = _connect(self.path, cache_kib=cache_kib, busy_timeout_s=self._busy_timeout_s)
+            # The import only references cardholders it inserts itself and levels it read in
+            # the same transaction; checking each reference costs a random B-tree probe.
+            conn.execute("PRAGMA foreign_keys = OFF")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open credential store {self.path}: {exc}") from exc
         return BulkImport(self, conn)
@@ -1054,9 +1058,9 @@ class CredentialStore:
             "SELECT hash, duress FROM pins WHERE hash IN (?, ?)", (hp, hd)
         ).fetchall()
         if taken:
-            raise ConflictError(
-                _pin_conflict_reason((hp, hd), taken[0][0], bool(taken[0][1]), None)
-            )
+            # Same PIN if our PIN is their PIN or our duress PIN is theirs; else adjacent.
+            same = taken[0][0] == (hd if taken[0][1] else hp)
+            raise ConflictError(_pin_conflict_text(same=same, where=None))
         conn.executemany(
             "INSERT INTO pins (hash, cardholder_id, duress) VALUES (?, ?, ?)",
             [(hp, cardholder_id, 0), (hd, cardholder_id, 1)],
@@ -1153,12 +1157,13 @@ class CredentialStore:
 class BulkImport:
     """One all-or-nothing import in one transaction on a connection of its own.
 
-    ``add(rows)`` inserts the cardholders (ids in file order) and stages their card and PIN
-    hashes in TEMP tables; ``conflicts()`` sorts the staged hashes once (CREATE INDEX) and
-    finds cards and PINs repeated in the file or already in the store, by line; ``commit()``
-    inserts the staged hashes in hash order (each B-tree is then filled sequentially instead
-    of at random, which is what keeps a million rows fast with a small page cache) and
-    commits. Leaving the ``with`` block without committing rolls everything back.
+    ``add(rows)`` inserts the new cardholders (ids in file order, so id order is line order)
+    and stages their card hashes in a TEMP table; ``conflicts()`` sorts the staged card
+    hashes and the new PIN hashes once (CREATE INDEX) and finds cards and PINs repeated in
+    the file or already in the store; ``commit()`` inserts the staged hashes in hash order
+    (each B-tree is then filled sequentially instead of at random, which keeps a million rows
+    fast with a small page cache) and commits. Leaving the ``with`` block without committing
+    rolls everything back. ``phase_s`` holds the time spent in each phase.
     """
 
     def __init__(self, store: CredentialStore, conn: sqlite3.Connection) -> None:
@@ -1167,10 +1172,13 @@ class BulkImport:
         self._conn: sqlite3.Connection | None = conn
         self.cardholders = 0
         self.credentials = 0
+        self.phase_s: dict[str, float] = dict.fromkeys(
+            ("add", "check", "insert", "commit", "checkpoint"), 0.0
+        )
         self._checked = False
         try:
             conn.execute("BEGIN IMMEDIATE")
-            self._next_id = 1 + int(
+            self._first_id = 1 + int(
                 conn.execute("SELECT coalesce(max(id), 0) FROM cardholders").fetchall()[0][0]
             )
             self.levels: dict[str, int] = dict(
@@ -1183,31 +1191,27 @@ class BulkImport:
             conn.close()
             self._conn = None
             raise StoreError(f"cannot start an import into {store.path}: {exc}") from exc
+        self._lines = array.array("q")  # file line of cardholder _first_id + i
         self._now = _now_text()
-        self.phase_s: dict[str, float] = dict.fromkeys(
-            ("add", "check", "insert", "commit", "checkpoint"), 0.0
-        )
 
     def add(self, rows: Iterable[ImportRow]) -> None:
-        """Insert validated rows (new cardholders) into the open transaction."""
+        """Insert validated rows (new cardholders, in file order) into the open transaction."""
         started = time.perf_counter()
         conn = self._connection()
         secret = self._store._secret
         digest = hmac.digest
         now = self._now
         levels = self.levels
+        lines = self._lines
         holders: list[tuple[Any, ...]] = []
-        cards: list[tuple[int, int, bytes, str, str]] = []
-        pins: list[tuple[int, int, bytes, int]] = []
+        cards: list[tuple[int, bytes, str, str]] = []
         grants: list[tuple[int, int]] = []
-        cid = self._next_id
+        cid = self._first_id + len(lines)
         for r in rows:
             hp = hd = None
             if r.pin is not None:
                 hp = digest(secret, b"pin:" + r.pin.encode(), "sha256")
                 hd = digest(secret, b"pin:" + duress_pin(r.pin).encode(), "sha256")
-                pins.append((r.line, cid, hp, 0))
-                pins.append((r.line, cid, hd, 1))
             holders.append(
                 (
                     cid,
@@ -1224,8 +1228,9 @@ class BulkImport:
             )
             for c in r.cards:
                 key_hash = digest(secret, b"card:" + c.key.encode(), "sha256")
-                cards.append((r.line, cid, key_hash, c.format, c.masked))
+                cards.append((cid, key_hash, c.format, c.masked))
             grants.extend((cid, levels[name]) for name in r.levels)
+            lines.append(r.line)
             cid += 1
         try:
             conn.executemany(
@@ -1233,15 +1238,13 @@ class BulkImport:
                 " pin_hash, duress_hash, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 holders,
             )
-            conn.executemany("INSERT INTO temp.stage_cards VALUES (?, ?, ?, ?, ?)", cards)
-            conn.executemany("INSERT INTO temp.stage_pins VALUES (?, ?, ?, ?)", pins)
+            conn.executemany("INSERT INTO temp.stage_cards VALUES (?, ?, ?, ?)", cards)
             conn.executemany(
                 "INSERT OR IGNORE INTO cardholder_levels (cardholder_id, level_id) VALUES (?, ?)",
                 grants,
             )
         except sqlite3.Error as exc:
             raise StoreError(f"import into {self._store.path} failed: {exc}") from exc
-        self._next_id = cid
         self.cardholders += len(holders)
         self.credentials += len(cards)
         self.phase_s["add"] += time.perf_counter() - started
@@ -1256,19 +1259,25 @@ class BulkImport:
         try:
             if not self._checked:
                 for statement in filter(str.strip, _CHECK_SQL.split(";")):
-                    conn.execute(statement)
+                    conn.execute(statement, {"first": self._first_id})
                 self._checked = True
                 self.phase_s["check"] = time.perf_counter() - started
-            count = conn.execute("SELECT count(DISTINCT line) FROM temp.conflicts").fetchall()
+            count = conn.execute("SELECT count(DISTINCT cid) FROM temp.conflicts").fetchall()
             listed = conn.execute(
-                "SELECT line, group_concat(reason, '; ') FROM"
-                " (SELECT line, reason FROM temp.conflicts ORDER BY line, rowid)"
-                " GROUP BY line ORDER BY line LIMIT ?",
+                "SELECT cid, kind, masked, other FROM temp.conflicts WHERE cid IN"
+                " (SELECT DISTINCT cid FROM temp.conflicts ORDER BY cid LIMIT ?)"
+                " ORDER BY cid, rowid",
                 (max(0, limit),),
             ).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"import into {self._store.path} failed: {exc}") from exc
-        return int(count[0][0]), [(int(line), str(reason)) for line, reason in listed]
+        reasons: dict[int, list[str]] = {}
+        for cid, kind, masked, other in listed:
+            text = self._reason(kind, masked, other)
+            found = reasons.setdefault(self._line(cid), [])
+            if text not in found:
+                found.append(text)
+        return int(count[0][0]), [(line, "; ".join(texts)) for line, texts in reasons.items()]
 
     def commit(self) -> None:
         """Insert the staged cards and PINs in hash order and commit (one fsync)."""
@@ -1280,13 +1289,13 @@ class BulkImport:
         try:
             conn.execute(
                 "INSERT INTO credentials (cardholder_id, key_hash, format, masked, state,"
-                " created, updated) SELECT cardholder_id, key_hash, format, masked, 'active', ?, ?"
+                " created, updated) SELECT cid, key_hash, format, masked, 'active', ?, ?"
                 " FROM temp.stage_cards ORDER BY key_hash",
                 (self._now, self._now),
             )
             conn.execute(
                 "INSERT INTO pins (hash, cardholder_id, duress)"
-                " SELECT hash, cardholder_id, duress FROM temp.stage_pins ORDER BY hash"
+                " SELECT hash, cid, duress FROM temp.stage_pins ORDER BY hash"
             )
             for table in ("stage_cards", "stage_pins", "conflicts"):
                 conn.execute(f"DROP TABLE temp.{table}")
@@ -1322,62 +1331,69 @@ class BulkImport:
             raise StoreError("the import is finished")
         return self._conn
 
+    def _line(self, cid: int) -> int:
+        return int(self._lines[cid - self._first_id])
+
+    def _reason(self, kind: str, masked: str | None, other: int | None) -> str:
+        """The text of one conflict (``other``: a cardholder id of this import or a credential)."""
+        if kind == "card-row":
+            return f"duplicate card: {masked} is listed twice in the row"
+        if kind == "card-file":
+            return f"duplicate card: {masked} is the same card as line {self._line(other or 0)}"
+        if kind == "card-store":
+            return f"duplicate card: {masked} is already enrolled (credential {other})"
+        where = f"line {self._line(other)}" if other is not None else None
+        return _pin_conflict_text(same=kind.endswith("same"), where=where)
+
 
 _STAGE_SCHEMA: Final = """
 CREATE TEMP TABLE stage_cards (
-    line INTEGER NOT NULL, cardholder_id INTEGER NOT NULL, key_hash BLOB NOT NULL,
-    format TEXT NOT NULL, masked TEXT NOT NULL
+    cid INTEGER NOT NULL, key_hash BLOB NOT NULL, format TEXT NOT NULL, masked TEXT NOT NULL
 );
-CREATE TEMP TABLE stage_pins (
-    line INTEGER NOT NULL, cardholder_id INTEGER NOT NULL, hash BLOB NOT NULL,
-    duress INTEGER NOT NULL
-);
-CREATE TEMP TABLE conflicts (line INTEGER NOT NULL, reason TEXT NOT NULL)
+CREATE TEMP TABLE stage_pins (hash BLOB NOT NULL, cid INTEGER NOT NULL, duress INTEGER NOT NULL);
+CREATE TEMP TABLE conflicts (cid INTEGER NOT NULL, kind TEXT NOT NULL, masked TEXT, other INTEGER)
 """
 
 # Sort the staged hashes once (covering indexes), then find every repeated or enrolled one.
 # A PIN conflict is "same PIN" when both rows have the same duress flag (pin = pin, or
-# duress = duress, which is the same thing), else an adjacent PIN that the scheme reserves.
+# duress = duress, which is the same thing), else an adjacent PIN the duress scheme reserves.
 _CHECK_SQL: Final = """
-CREATE INDEX temp.stage_cards_hash ON stage_cards (key_hash, line, masked, cardholder_id, format);
-CREATE INDEX temp.stage_pins_hash ON stage_pins (hash, line, duress, cardholder_id);
-INSERT INTO temp.conflicts (line, reason)
-    SELECT s.line, printf('duplicate card: %s is the same card as line %d', s.masked, f.first)
-    FROM temp.stage_cards AS s
-    JOIN (SELECT key_hash, min(line) AS first FROM temp.stage_cards
+INSERT INTO temp.stage_pins (hash, cid, duress)
+    SELECT pin_hash, id, 0 FROM main.cardholders WHERE id >= :first AND pin_hash IS NOT NULL
+    UNION ALL
+    SELECT duress_hash, id, 1 FROM main.cardholders WHERE id >= :first AND pin_hash IS NOT NULL;
+CREATE INDEX temp.stage_cards_hash ON stage_cards (key_hash, cid, masked, format);
+CREATE INDEX temp.stage_pins_hash ON stage_pins (hash, cid, duress);
+INSERT INTO temp.conflicts (cid, kind, masked, other)
+    SELECT cid, 'card-row', masked, NULL FROM temp.stage_cards
+    GROUP BY key_hash, cid HAVING count(*) > 1;
+INSERT INTO temp.conflicts (cid, kind, masked, other)
+    SELECT s.cid, 'card-file', s.masked, f.first FROM temp.stage_cards AS s
+    JOIN (SELECT key_hash, min(cid) AS first FROM temp.stage_cards
           GROUP BY key_hash HAVING count(*) > 1) AS f ON f.key_hash = s.key_hash
-    WHERE s.line > f.first;
-INSERT INTO temp.conflicts (line, reason)
-    SELECT line, printf('duplicate card: %s is listed twice in the row', masked)
-    FROM temp.stage_cards GROUP BY key_hash, line HAVING count(*) > 1;
-INSERT INTO temp.conflicts (line, reason)
-    SELECT s.line, printf('duplicate card: %s is already enrolled (credential %d)', s.masked, c.id)
+    WHERE s.cid > f.first;
+INSERT INTO temp.conflicts (cid, kind, masked, other)
+    SELECT s.cid, 'card-store', s.masked, c.id
     FROM temp.stage_cards AS s JOIN main.credentials AS c ON c.key_hash = s.key_hash;
-INSERT INTO temp.conflicts (line, reason)
-    SELECT DISTINCT s.line, CASE WHEN s.duress = f.duress
-        THEN printf('PIN in use: same as the PIN of line %d', f.first)
-        ELSE printf('PIN in use: it differs from the PIN of line %d only by one in the last '
-                    || 'digit, which the duress scheme reserves', f.first) END
+INSERT INTO temp.conflicts (cid, kind, masked, other)
+    SELECT DISTINCT s.cid, CASE WHEN s.duress = f.duress THEN 'pin-file-same'
+                                ELSE 'pin-file-adjacent' END, NULL, f.first
     FROM temp.stage_pins AS s
-    JOIN (SELECT hash, min(line) AS first, duress FROM temp.stage_pins
+    JOIN (SELECT hash, min(cid) AS first, duress FROM temp.stage_pins
           GROUP BY hash HAVING count(*) > 1) AS f ON f.hash = s.hash
-    WHERE s.line > f.first;
-INSERT INTO temp.conflicts (line, reason)
-    SELECT s.line, CASE WHEN max(s.duress = p.duress)
-        THEN 'PIN in use: same as another cardholder''s PIN'
-        ELSE 'PIN in use: it differs from another cardholder''s PIN only by one in the last '
-             || 'digit, which the duress scheme reserves' END
+    WHERE s.cid > f.first;
+INSERT INTO temp.conflicts (cid, kind, masked, other)
+    SELECT s.cid, CASE WHEN max(s.duress = p.duress) THEN 'pin-store-same'
+                       ELSE 'pin-store-adjacent' END, NULL, NULL
     FROM temp.stage_pins AS s JOIN main.pins AS p ON p.hash = s.hash
-    GROUP BY s.line
+    GROUP BY s.cid
 """
 
 
-def _pin_conflict_reason(
-    pin: tuple[bytes, bytes], taken: bytes, taken_duress: bool, where: str | None
-) -> str:
+def _pin_conflict_text(*, same: bool, where: str | None) -> str:
     """Why a PIN cannot be enrolled, without saying whose it is (unless it is in the same file)."""
     owner = f"the PIN of {where}" if where else "another cardholder's PIN"
-    if taken == pin[taken_duress]:  # our PIN is theirs, or our duress PIN is theirs
+    if same:
         return f"PIN in use: same as {owner}"
     return (
         f"PIN in use: it differs from {owner} only by one in the last digit, "

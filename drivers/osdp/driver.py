@@ -85,6 +85,7 @@ from drivers.transport.backoff import Backoff
 
 __all__ = [
     "INDICATION_COMMANDS",
+    "MAX_READERS",
     "KeyLoader",
     "OsdpBusConfig",
     "OsdpBusSpec",
@@ -116,7 +117,10 @@ LED_NONE: Final[int] = _osdp.LED_COLOR_NONE
 LED_RED: Final[int] = _osdp.LED_COLOR_RED
 LED_GREEN: Final[int] = _osdp.LED_COLOR_GREEN
 LED_AMBER: Final[int] = _osdp.LED_COLOR_AMBER
+LOG_CRIT: Final[int] = _osdp.LOG_CRIT
 
+MAX_READERS: Final = 32
+"""libosdp's Python binding reads the online/Secure Channel masks into 32-bit integers."""
 _MAX_PIN: Final = 16
 _IDLE_BEFORE_RETRY_S: Final = 0.3  # libosdp sent nothing to a reader this long: it gave up
 _KEYSET_ATTEMPTS: Final = 3
@@ -482,7 +486,10 @@ class OsdpReaderBus:
         backoff_initial_s: float = 0.25,
         backoff_max_s: float = 10.0,
         rng: random.Random | None = None,
+        libosdp_log_level: int | None = LOG_CRIT,
     ) -> None:
+        if libosdp_log_level is not None:  # libosdp prints its own log lines on stderr
+            _osdp.set_loglevel(libosdp_log_level)
         self.name = bus.name
         self.device = bus.device
         self.baudrate = bus.baudrate
@@ -504,6 +511,8 @@ class OsdpReaderBus:
             self._by_name[reader.name] = reader
         if not self._readers:
             raise ValueError(f"bus {self.name}: no readers")
+        if len(self._readers) > MAX_READERS:
+            raise ValueError(f"bus {self.name}: at most {MAX_READERS} readers per OSDP line")
         self.readers: tuple[str, ...] = tuple(r.name for r in self._readers)
         self._rx = wire.Decoder()
         self._tx = wire.Decoder()
@@ -521,6 +530,7 @@ class OsdpReaderBus:
         self._link = LinkState.DISCONNECTED
         self._line_reason = ""
         self._line_retry_at = 0.0
+        self._line_up_at = 0.0
         self._config_errors: set[str] = set()
         self._started_at = 0.0
         self._closed = False
@@ -614,7 +624,10 @@ class OsdpReaderBus:
         self._requests.put(("indicate", reader, Indication(indication)))
 
     def begin_install(self, reader: str, window_s: float) -> None:
-        """Open ``reader``'s install window: it may join once with SCBK-D and get a new key."""
+        """Open ``reader``'s install window: it may join once with SCBK-D and get a new key.
+
+        The window starts when the refresh thread takes the request (at once while running).
+        """
         target = self._by_name.get(reader)
         if target is None:
             raise KeyError(f"no OSDP reader {reader!r} on bus {self.name}")
@@ -622,7 +635,8 @@ class OsdpReaderBus:
             raise ValueError(f"reader {reader} is configured without Secure Channel")
         if not 0 < window_s <= 3600:
             raise ValueError("the install window must be 0 < window_s <= 3600 seconds")
-        if self._thread is None or not self._thread.is_alive():
+        stopped = self._thread is not None and not self._thread.is_alive()
+        if self._closed or stopped:
             raise DeviceConnectionError(f"OSDP bus {self.name} is not running")
         self._requests.put(("install", reader, float(window_s)))
 
@@ -754,7 +768,7 @@ class OsdpReaderBus:
         assert cp is not None
         if self._srand is not None:
             self._srand(secrets.randbits(32))
-        self._line(now)
+        self._line(cp, now)
         self._drain_requests(cp, now)
         cp.refresh()
         now = time.monotonic()
@@ -770,7 +784,7 @@ class OsdpReaderBus:
         self._link = state
         self._emit(LinkChanged(self.name, state, reason))
 
-    def _line(self, now: float) -> None:
+    def _line(self, cp: _CpContext, now: float) -> None:
         if self._channel.is_open or now < self._line_retry_at:
             return
         self._set_link(LinkState.CONNECTING)
@@ -793,10 +807,13 @@ class OsdpReaderBus:
         self._config_errors.clear()
         self._line_reason = ""
         self._rx = wire.Decoder()
+        self._line_up_at = now
         self._set_link(LinkState.UP)
+        online = cp.status()
         for r in self._readers:  # do not wait for libosdp's own retry timers
-            r.kick_at = now
             r.backoff.reset()
+            if not online >> r.index & 1:
+                r.kick_at = now
 
     def _line_down(self, now: float, reason: str) -> None:
         self._log.warning("OSDP line failed", reason=reason)
@@ -888,7 +905,10 @@ class OsdpReaderBus:
             if r.keys and now - r.keys_at > self._keypad_timeout:
                 self._log.info("partial keypad entry discarded", reader=r.name)
                 r.keys = ""
-            heard = now - r.trace.last_rx_at < self._offline_after
+            heard = (
+                r.trace.last_rx_at >= self._line_up_at
+                and now - r.trace.last_rx_at < self._offline_after
+            )
             online = line_up and libosdp_online and heard and (sc or not r.secure)
             self._report(
                 r, online=online, secure=online and sc, now=now, line_up=line_up, heard=heard
@@ -1130,7 +1150,8 @@ class OsdpReaderBus:
         )
         r.alarmed.clear()
         r.backoff.reset()
-        self._start_kick(cp, r, None)
+        if not (cp.status() & cp.sc_status()) >> r.index & 1:
+            self._start_kick(cp, r, None)  # start a handshake now (an online reader is re-keyed)
 
     def _close_install(self, cp: _CpContext, r: _Reader, outcome: str) -> None:
         if r.install is None:

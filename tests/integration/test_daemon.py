@@ -221,15 +221,10 @@ async def test_board_offline_faults_its_doors_and_never_releases(
         assert site.relays() == relays
         assert site.all_locked()
 
-        links = await daemon.wait_event(after, kind="board.link", device=board, state="up")
-        down = [
-            e
-            for e in await daemon.events(after)
-            if event_matches(e, kind="board.link", device=board)
-        ]
-        assert down[0]["data"]["state"] == "backoff"
-        assert down[0]["seq"] < links[-1]["seq"]
-        events = await daemon.events(after)
+        # (``after`` may precede start-up entries still being committed: anchor on the drop)
+        down = (await daemon.wait_event(after, kind="board.link", device=board, state="backoff"))[0]
+        await daemon.wait_event(down["seq"], kind="board.link", device=board, state="up")
+        events = await daemon.events(down["seq"] - 1)
         for name in mine:
             faults = [e["data"]["active"] for e in _door_events(events, name, "door.alarm")]
             assert faults[0] is True, (name, faults)
@@ -333,9 +328,11 @@ async def test_pulse_end_to_end(shared_site: Site, shared_daemon: Daemon, door: 
     await wait_for(lambda: sim.locked, 2.5, what="relock at the simulator")
     assert sim.relay == site.expected_relay(door)
     await wait_for(lambda: phase("locked"), 2, what="door locked")
-    await daemon.wait_event(after, kind="door.state", door=door, to="locked")
+    # start-up entries may still be committing after ``after``: anchor on the command
+    command = (await daemon.wait_event(after, kind="door.command", door=door))[0]
+    await daemon.wait_event(command["seq"], kind="door.state", door=door, to="locked")
 
-    events = await _wardctl_events(daemon, after)
+    events = await _wardctl_events(daemon, command["seq"] - 1)
     commands = _door_events(events, door, "door.command")
     assert [(c["data"]["action"], c["data"]["source"]) for c in commands] == [("pulse", "wardctl")]
     assert commands[0]["data"]["duration_s"] == 5.0
@@ -403,7 +400,9 @@ async def test_held_open_alarm(shared_site: Site, shared_daemon: Daemon) -> None
     sim.close()
     await daemon.wait_event(after, kind="door.alarm", door=door, alarm="held-open", active=False)
     await wait_for(lambda: sim.locked, 2, what="relock after the door closed")
-    events = await daemon.events(after)
+    command = (await daemon.wait_event(after, kind="door.command", door=door))[0]
+    await daemon.wait_event(command["seq"], kind="door.state", door=door, to="locked")
+    events = await daemon.events(command["seq"] - 1)
     assert not [e for e in events if event_matches(e, kind="door.alarm", alarm="forced-open")]
     assert _transitions(events, door) == [
         ("locked", "unlocked"),
@@ -434,9 +433,10 @@ async def test_rex_releases_and_the_opening_is_not_forced(
     sim.close()
     await wait_for(lambda: sim.locked, 2, what="relock after the door closed")
     await wait_for(lambda: phase("locked"), 2, what="door locked")
-    await daemon.wait_event(after, kind="door.state", door=door, to="locked")
+    press = (await daemon.wait_event(after, kind="door.rex", door=door))[0]
+    await daemon.wait_event(press["seq"], kind="door.state", door=door, to="locked")
 
-    events = await daemon.events(after)
+    events = await daemon.events(press["seq"] - 1)
     rex = _door_events(events, door, "door.rex")
     assert [e["data"] for e in rex] == [{"unlocks": True}]
     assert not _door_events(events, door, "door.alarm")

@@ -260,3 +260,18 @@ async def test_events_follow_streams_new_events(shared_daemon: Daemon) -> None:
         _, err = await asyncio.wait_for(proc.communicate(), 5)
     _no_traceback(err.decode())
     assert await shared_daemon.ping()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: controller/cli/wardctl.py _run checks --duration/--limit only after "
+    "connecting, so without a daemon a usage error exits 3 instead of 2",
+)
+@pytest.mark.parametrize(
+    "args",
+    [["door", "lock", "tcp1-d0", "--duration", "3"], ["events", "-n", "0"]],
+    ids=["duration-on-lock", "limit-zero"],
+)
+async def test_usage_errors_need_no_daemon(tmp_path: Path, args: list[str]) -> None:
+    res = await wardctl(*args, socket_path=tmp_path / "absent.sock")
+    assert res.rc == 2, res
