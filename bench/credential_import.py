@@ -9,8 +9,9 @@
 2. times ``import_csv`` into a new store (WAL, synchronous=FULL: the real thing, one
    transaction, including the final checkpoint);
 3. in a fresh subprocess that first imports the daemon's modules (``controller.app``), opens
-   the store and does ``--lookups`` random ``lookup()``s of enrolled cards (and as many
-   ``match_pin()``s and unknown cards), reads VmRSS and VmHWM from /proc/self/status.
+   the store, does 1,000 untimed-for-p99 warm-up lookups (reported as ``lookup_cold_p99_us``),
+   then ``--lookups`` random ``lookup()``s of enrolled cards (and as many ``match_pin()``s
+   and unknown cards), and reads VmRSS and VmHWM from /proc/self/status.
 
 Targets (issue 3): import <= 60 s, RSS <= 200 MB with 1M credentials, p99 lookup well under
 1 ms. Percentiles are nearest-rank (``bench._common.percentile``).
@@ -105,6 +106,12 @@ def child(db: Path, secret_file: Path, n_rows: int, lookups: int, seed: int) -> 
     unknown = [f"h10301:255:{rng.randrange(65536)}" for _ in range(lookups)]  # > n_rows rows
     store = CredentialStore.open(db, load_secret(secret_file), duress="last-digit-plus-one")
     try:
+        cold_ns: list[float] = []
+        for _ in range(min(1000, lookups)):  # a running daemon has its hot pages cached
+            k = card_key(rng.randrange(n_rows))
+            t0 = time.perf_counter_ns()
+            store.lookup(k)
+            cold_ns.append(time.perf_counter_ns() - t0)
         hit_ns: list[float] = []
         for k in keys:
             t0 = time.perf_counter_ns()
@@ -135,6 +142,7 @@ def child(db: Path, secret_file: Path, n_rows: int, lookups: int, seed: int) -> 
         "lookup_p50_us": round(percentile(hit_ns, 50) / 1000, 1),
         "lookup_p99_us": round(percentile(hit_ns, 99) / 1000, 1),
         "lookup_max_us": round(max(hit_ns) / 1000, 1),
+        "lookup_cold_p99_us": round(percentile(cold_ns, 99) / 1000, 1),
         "lookup_unknown_p99_us": round(percentile(miss_ns, 99) / 1000, 1),
         "pin_lookup_p50_us": round(percentile(pin_ns, 50) / 1000, 1),
         "pin_lookup_p99_us": round(percentile(pin_ns, 99) / 1000, 1),

@@ -78,6 +78,8 @@ class Samples:
     warding: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
     rtt: list[float] = field(default_factory=list)
+    warding_cpu: list[float] = field(default_factory=list)
+    floor_cpu: list[float] = field(default_factory=list)
     failures: int = 0
     floor_failures: int = 0
     rtt_failures: int = 0
@@ -231,9 +233,10 @@ class Bench:
         boards = self.daemon.boards.values()
         fc15 = sum(b.stats["fc15"] for b in boards)
         polls = sum(b.stats["polls"] for b in boards)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         results = await doors.command_many(names, "lock", source="bench")
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         bad = [r for r in results if not r.confirmed]
         if bad or len(results) != len(names):
             ok = False
@@ -247,6 +250,7 @@ class Bench:
             self.samples.journal_backlog.append(self.daemon.journal.backlog)
         if ok:
             self.samples.warding.append(elapsed)
+            self.samples.warding_cpu.append(cpu)
         else:
             self.samples.failures += 1
 
@@ -271,13 +275,15 @@ class Bench:
         k = self.opts.doors_per_board
         ok = all(await asyncio.gather(*(self._raw_board(c, [True] * k) for c in self.clients)))
         await self._pause()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         done = await asyncio.gather(*(self._raw_board(c, [False] * k) for c in self.clients))
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
         if not record:
             return
         if ok and all(done):
             self.samples.floor.append(elapsed)
+            self.samples.floor_cpu.append(cpu)
         else:
             self.samples.floor_failures += 1
 
@@ -361,6 +367,7 @@ def report(opts: Options, s: Samples) -> dict[str, Any]:
             f"rtt_failures={s.rtt_failures}): {s.errors}"
         )
     w, f, r = summarize(s.warding), summarize(s.floor), summarize(s.rtt)
+    cpu, floor_cpu = summarize(s.warding_cpu), summarize(s.floor_cpu)
     ratio_p99 = w.p99_ms / f.p99_ms
     out: dict[str, Any] = {
         "bench": "door_fanout",
@@ -385,6 +392,8 @@ def report(opts: Options, s: Samples) -> dict[str, Any]:
         "failures": s.failures,
         "floor_failures": s.floor_failures,
         "rtt_failures": s.rtt_failures,
+        "cpu_p50_ms": round(cpu.p50_ms, 3),
+        "floor_cpu_p50_ms": round(floor_cpu.p50_ms, 3),
         "max_ms": round(w.max_ms, 3),
         "floor_max_ms": round(f.max_ms, 3),
         "fc15_per_lock": max(s.fc15_per_lock, default=0),
@@ -406,6 +415,8 @@ def summary_text(r: dict[str, Any]) -> str:
             f"  warding lock-all  p50 {r['p50_ms']:8.3f} ms   p99 {r['p99_ms']:8.3f} ms",
             f"  raw pymodbus      p50 {r['floor_p50_ms']:8.3f} ms   p99 {r['floor_ms']:8.3f} ms",
             f"  one FC15 RTT      p50 {r['rtt_p50_ms']:8.3f} ms   p99 {r['rtt_ms']:8.3f} ms",
+            f"  CPU of this process in the window (p50): warding {r['cpu_p50_ms']:.3f} ms, "
+            f"raw {r['floor_cpu_p50_ms']:.3f} ms",
             f"  ratio p99 {r['ratio_p99']:.3f} (target <= {r['target_ratio_p99']}: {met}), "
             f"ratio p50 {r['ratio_p50']:.3f}, failures {r['failures']}",
         ]

@@ -259,7 +259,17 @@ class Daemon:
         result = await self.doors.apply_fail_state(budget * 0.6)
         failed = [n for n, ok_ in result.items() if not ok_]
         self.journal_record("daemon.stop", doors_safe=len(result) - len(failed), failed=failed)
+        # close the drivers first: a board loop then ends by itself even if a cancel is lost
+        # inside a library's wait_for (Python 3.11 can swallow one that races a result)
+        for board in self.boards.values():
+            await board.close()
+        for bus in self.buses.values():
+            with contextlib.suppress(Exception):
+                await bus.close()
         for task in self._tasks:
+            task.cancel()
+        _, pending = await asyncio.wait(self._tasks, timeout=1.0)
+        for task in pending:  # a second cancel for anything that swallowed the first
             task.cancel()
 
     async def _close(self) -> None:
@@ -333,6 +343,8 @@ class Daemon:
         assert self.journal is not None
         after = arg(req, "after", int, required=False, default=None)
         limit = arg(req, "limit", int, required=False, default=50)
+        if after is not None and not 0 <= after < 2**63:
+            raise CommandError("after must be a sequence number >= 0")
         follow = arg(req, "follow", bool, required=False, default=False)
         if not 1 <= limit <= 10_000:
             raise CommandError("limit must be between 1 and 10000")

@@ -123,22 +123,22 @@ class Demo:
         first = doors[0]
         second = doors[1] if len(doors) > 1 else first
         third = doors[2] if len(doors) > 2 else first
-        await asyncio.sleep(0.5)
-        await api_call(self.socket, "door", action="pulse", door=first, source="demo-script")
-        await asyncio.sleep(0.3)
-        await self.sim(cmd="door", action="open", name=first)
-        await asyncio.sleep(0.5)
-        await self.sim(cmd="door", action="close", name=first)
-        await asyncio.sleep(0.5)
-        await self.sim(cmd="door", action="rex", name=second)
-        await asyncio.sleep(0.3)
-        await self.sim(cmd="door", action="open", name=second)
-        await asyncio.sleep(0.3)
-        await self.sim(cmd="door", action="close", name=second)
-        await asyncio.sleep(0.5)
+        step = 0.2
+        await asyncio.sleep(step)
         await self.sim(cmd="door", action="force", name=third)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(step)
         await self.sim(cmd="door", action="close", name=third)
+        await api_call(self.socket, "door", action="pulse", door=first, source="demo-script")
+        await asyncio.sleep(step)
+        await self.sim(cmd="door", action="open", name=first)
+        await asyncio.sleep(step)
+        await self.sim(cmd="door", action="close", name=first)
+        await asyncio.sleep(step)
+        await self.sim(cmd="door", action="rex", name=second)
+        await asyncio.sleep(step)
+        await self.sim(cmd="door", action="open", name=second)
+        await asyncio.sleep(step)
+        await self.sim(cmd="door", action="close", name=second)
 
     async def headless(self, duration_s: float, script: bool) -> None:
         """Print events as lines for ``duration_s`` seconds."""

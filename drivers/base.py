@@ -61,8 +61,6 @@ class DeviceFault:
     coils: frozenset[int] = frozenset()
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class WriteOutcome:
     """Result of a coil write: which coils the readback confirmed and which it contradicted."""

@@ -175,7 +175,7 @@ class SimOsdpPd:
         self.name = name or f"pd{address}"
         self.key_file = Path(key_file) if key_file is not None else None
         self.refuse_secure_channel = refuse_secure_channel
-        """Report no Secure Channel capability and NAK every challenge (settable any time)."""
+        """Report no Secure Channel capability and NAK challenges (from the next handshake)."""
         self.answering = True
         self.indications: list[SimIndication] = []
         """LED/buzzer/... commands received, oldest first."""

@@ -383,8 +383,23 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_usage(args: argparse.Namespace) -> None:
+    """Argument combinations argparse cannot check, before any connection is made."""
+    if args.command == "door" and args.duration is not None and args.action != "pulse":
+        raise _Usage("--duration applies to pulse only")
+    if args.command == "events" and not 1 <= args.limit <= 10_000:
+        raise _Usage("--limit must be between 1 and 10000")
+    if (
+        args.command == "credential"
+        and args.action == "revoke"
+        and (args.id is None) == (args.card is None)
+    ):
+        raise _Usage("give a credential id or --card, not both")
+
+
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     as_json = bool(getattr(args, "json", False))
+    _check_usage(args)
     with ControlClient(_socket(args)) as client:
         if args.command == "status":
             reply = client.call("status")

@@ -344,7 +344,8 @@ class DoorService:
                 await self._wake.wait()
             elif timeout > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
             else:
                 await asyncio.sleep(0)  # never spin without yielding, whatever the deadlines
 

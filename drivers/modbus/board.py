@@ -203,7 +203,8 @@ class ModbusRelayBoard:
                 timeout = next_poll - time.monotonic()
                 if timeout > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout)
+                        async with asyncio.timeout(timeout):
+                            await self._wake.wait()
             self._wake.clear()
             try:
                 if self._pending:

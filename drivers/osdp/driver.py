@@ -455,6 +455,7 @@ class _Reader:
     rotating: bytes | None = None  # a new key sent with KEYSET, awaiting the reader's answer
     told_clear_text: bool = False
     persist_failed: bool = False
+    failure: str = ""  # the alarm kind of the last failed attempt ("" if none/unknown)
 
     @property
     def tamper(self) -> bool:
@@ -601,7 +602,7 @@ class OsdpReaderBus:
         """Pump libosdp on a dedicated thread until cancelled or closed."""
         if self._closed:
             return
-        if self._thread is not None:
+        if self._thread is not None and self._thread.is_alive():
             raise RuntimeError(f"OSDP bus {self.name} is already running")
         self._loop = asyncio.get_running_loop()
         self._done = self._loop.create_future()
@@ -693,7 +694,9 @@ class OsdpReaderBus:
         if error is None:
             done.set_result(None)
         else:
-            done.set_exception(DeviceError(f"OSDP bus {self.name} failed: {error!r}"))
+            exc = DeviceError(f"OSDP bus {self.name} failed: {error!r}")
+            exc.__cause__ = error
+            done.set_exception(exc)
 
     # -- refresh thread ----------------------------------------------------------------------
 
@@ -701,6 +704,10 @@ class OsdpReaderBus:
         error: BaseException | None = None
         try:
             with self._lock:
+                # libosdp keeps a reference to its channel forever: a fresh one per run
+                self._channel = SerialChannel(
+                    self.device, self.baudrate, on_rx=self._tap_rx, on_tx=self._tap_tx
+                )
                 self._cp = self._setup()
             self._serve()
         except Exception as exc:  # reported to run(), which raises it
@@ -881,14 +888,16 @@ class OsdpReaderBus:
                     r.kicked_at = now
                 continue
             if r.secure and libosdp_online and not sc:
-                # a clear-text session with a reader that must use Secure Channel (possible
-                # only while its install window relaxes ENFORCE_SECURE): cut it off
-                kind, detail = r.trace.verdict() or (
-                    "no-secure-channel",
-                    "the reader came up without Secure Channel; disabled",
-                )
-                self._alarm(r, kind, detail)
-                self._start_kick(cp, r, now + r.backoff.next_delay())
+                if r.kick_at is None:
+                    # a clear-text session with a reader that must use Secure Channel
+                    # (possible only while its install window relaxes ENFORCE_SECURE)
+                    kind, detail = r.trace.verdict() or (
+                        "no-secure-channel",
+                        "the reader came up without Secure Channel; disabled",
+                    )
+                    self._alarm(r, kind, detail)
+                    r.failure = kind
+                    self._start_kick(cp, r, now + r.backoff.next_delay())  # cut off now
             elif r.secure and libosdp_online and sc:
                 self._secure_session(cp, r)
             if r.install is not None and now >= r.install.deadline:
@@ -916,9 +925,10 @@ class OsdpReaderBus:
 
     def _attempt_failed(self, r: _Reader, now: float) -> None:
         verdict = r.trace.verdict() if r.secure else None
+        r.failure = verdict[0] if verdict is not None else ""
         if verdict is not None:
             self._alarm(r, *verdict)
-            r.backoff.saturate()
+            r.backoff.saturate()  # a key problem: retry slowly, it will not fix itself
         r.kick_at = now + r.backoff.next_delay()
 
     def _start_kick(self, cp: _CpContext, r: _Reader, at: float | None) -> None:
@@ -946,6 +956,7 @@ class OsdpReaderBus:
         if online:
             r.backoff.reset()
             r.alarmed.clear()
+            r.failure = ""
         if online and not r.secure and not r.told_clear_text:
             r.told_clear_text = True
             self._alarm(
@@ -959,6 +970,8 @@ class OsdpReaderBus:
             detail = "online with Secure Channel" if secure else "online (clear text)"
         elif not line_up:
             detail = f"line down: {self._line_reason or 'closed'}"
+        elif r.failure:
+            detail = f"refused: {r.failure}"
         elif not heard:
             detail = f"no reply for {self._offline_after:g} s"
         else:

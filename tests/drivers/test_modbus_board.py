@@ -158,17 +158,13 @@ async def test_stuck_relay_is_a_mismatch_not_a_confirmation(tcp: Rig) -> None:
     outcome = await tcp.board.command({2: True})
     assert not outcome.ok
     assert outcome.mismatched == frozenset({2})
-    await wait_for(
-        lambda: any(isinstance(e, CoilsRead) and 2 in e.mismatched for e in tcp.events)
-    )
+    await wait_for(lambda: any(isinstance(e, CoilsRead) and 2 in e.mismatched for e in tcp.events))
 
 
 async def test_drift_is_detected_by_polling(tcp: Rig) -> None:
     assert (await tcp.board.command({4: True})).ok
     tcp.sim.stuck_coil(4, False)  # the relay drops out on its own
-    await wait_for(
-        lambda: any(isinstance(e, CoilsRead) and 4 in e.mismatched for e in tcp.events)
-    )
+    await wait_for(lambda: any(isinstance(e, CoilsRead) and 4 in e.mismatched for e in tcp.events))
 
 
 async def test_one_dropped_reply_is_tolerated(tcp: Rig) -> None:
@@ -178,9 +174,7 @@ async def test_one_dropped_reply_is_tolerated(tcp: Rig) -> None:
     assert isinstance(fault, DeviceFault)
     assert fault.kind == "timeout"
     assert (await tcp.board.command({0: True})).ok
-    downs = [
-        e for e in tcp.events if isinstance(e, LinkChanged) and e.state is LinkState.BACKOFF
-    ]
+    downs = [e for e in tcp.events if isinstance(e, LinkChanged) and e.state is LinkState.BACKOFF]
     assert downs == []
 
 
@@ -233,9 +227,7 @@ async def test_rtu_round_trip_and_fc15(rtu: tuple[Rig, SimRtuLine]) -> None:
     assert all(o.ok for o in outcomes)
     assert rig.sim.requests[15] == before + 1
     rig.sim.set_input(3, True)
-    await wait_for(
-        lambda: any(isinstance(e, InputsRead) and e.changed == {3} for e in rig.events)
-    )
+    await wait_for(lambda: any(isinstance(e, InputsRead) and e.changed == {3} for e in rig.events))
 
 
 async def test_rtu_garbage_and_corruption_do_not_break_the_link(

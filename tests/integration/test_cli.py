@@ -282,9 +282,4 @@ async def test_demo_headless_script(tmp_path: Path) -> None:
     assert "warding demo: daemon exited with status 0" in out
     commands = [line for line in res.lines if " door.command " in line]
     assert any("source=demo-script" in line for line in commands), out
-    if "forced-open" not in out:
-        pytest.xfail(
-            "bug: controller/demo.py Demo.script needs ~3.9 s, so --duration 3 cancels it "
-            "before the forced door"
-        )
-    assert "alarm=forced-open active=True" in out
+    assert any("alarm=forced-open" in line and "active=True" in line for line in res.lines), out

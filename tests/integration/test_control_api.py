@@ -191,11 +191,6 @@ async def test_follow_streams_new_events(shared_daemon: Daemon) -> None:
                 break
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: controller/app.py Daemon._events passes 'after' unchecked to SQLite; "
-    "after >= 2**63 raises OverflowError and the connection is dropped without a reply",
-)
 async def test_events_after_out_of_range_is_an_error(shared_daemon: Daemon) -> None:
     async with await ApiConnection.open(shared_daemon.socket) as conn:
         await _error(conn, b'{"cmd": "events", "after": 18446744073709551616}\n')

@@ -262,11 +262,6 @@ async def test_events_follow_streams_new_events(shared_daemon: Daemon) -> None:
     assert await shared_daemon.ping()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: controller/cli/wardctl.py _run checks --duration/--limit only after "
-    "connecting, so without a daemon a usage error exits 3 instead of 2",
-)
 @pytest.mark.parametrize(
     "args",
     [["door", "lock", "tcp1-d0", "--duration", "3"], ["events", "-n", "0"]],
