@@ -268,7 +268,8 @@ async def test_two_boards_share_one_rtu_line(tmp_path: Path) -> None:
         async with running(da), running(db):
             await wait_for(lambda: da.link is LinkState.UP and db.link is LinkState.UP)
             oa, ob = await asyncio.gather(da.command({0: True}), db.command({1: True}))
-            assert oa.ok and ob.ok
+            assert oa.ok
+            assert ob.ok
             assert a.coils[:2] == (True, False)
             assert b.coils[:2] == (False, True)
         link.close()

@@ -159,10 +159,11 @@ async def test_fault_during_pulse_relocks_fail_secure_door(tmp_path: Path) -> No
 
 async def test_journal_is_not_on_the_command_path(tmp_path: Path) -> None:
     async with site(tmp_path) as s:
-        assert s.daemon.doors is not None and s.daemon.journal is not None
+        assert s.daemon.doors is not None
+        assert s.daemon.journal is not None
         # a stalled disk must not delay a door: hold the journal's connection lock
         journal: Journal = s.daemon.journal.journal
-        lock = journal._lock  # noqa: SLF001 - reaching in to simulate a stalled disk
+        lock = journal._lock
         lock.acquire()
         try:
             result = await asyncio.wait_for(s.daemon.doors.command("rtu1-d0", "pulse"), 3)
