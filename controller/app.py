@@ -30,7 +30,7 @@ from controller.api.management import Management
 from controller.api.protocol import PROTOCOL_VERSION, ProtocolError, Request, arg, ok
 from controller.api.server import ControlServer, Reply
 from controller.doors.service import DoorService
-from controller.errors import CommandError
+from controller.errors import CommandError, WardingError
 from controller.journal import Journal, JournalWriter
 from controller.sdnotify import SdNotifier
 from controller.settings import RtuBoardSettings, Settings, TcpBoardSettings
@@ -139,9 +139,17 @@ class Daemon:
         )
         for bus_settings in self.settings.reader_buses:
             readers = [r for r in self.settings.readers if r.bus == bus_settings.name]
-            self.buses[bus_settings.name] = build_reader_bus(
-                bus_settings, readers, self.events.put_nowait
-            )
+            try:
+                self.buses[bus_settings.name] = build_reader_bus(
+                    bus_settings, readers, self.events.put_nowait
+                )
+            except (WardingError, ValueError, OSError) as exc:
+                # doors come first: a reader line that cannot start is an alarm, not a crash
+                log.error("reader bus unavailable", bus=bus_settings.name, error=str(exc))
+                for r in readers:
+                    self.journal.record(
+                        "reader.alarm", device=r.name, alarm="config", detail=str(exc)
+                    )
         self.access = AccessService(self.settings, self.store, self.doors, self.buses, self.journal)
         self.management = Management(
             self.store,

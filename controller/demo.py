@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -25,6 +26,62 @@ from controller.errors import WardingError
 from controller.settings import Settings, demo_site_text, load_settings
 
 SIM_SOCKET_NAME = "sim.sock"
+
+# Demo people: (name, card, PIN, levels, privileges)
+DEMO_PEOPLE: tuple[tuple[str, str, str | None, list[str], list[str]], ...] = (
+    ("Dana Staff", "h10301:42:1001", None, ["staff"], []),
+    ("Ira Admin", "h10301:42:1002", "2468", ["staff", "it"], []),
+    ("Rhea Responder", "h10301:42:1999", None, [], ["override"]),
+)
+UNKNOWN_CARD = "h10301:42:4242"
+
+
+class _OsdpAdapter:
+    """Lets the simulator control socket reach one simulated OSDP reader."""
+
+    def __init__(self, pd: Any) -> None:
+        self._pd = pd
+
+    def present_card(self, card: str) -> object:
+        return self._pd.present(card)
+
+    def type_keys(self, keys: str) -> object:
+        return self._pd.type_keys(keys)
+
+
+def start_reader_sims(settings: Settings) -> tuple[list[Any], dict[str, Any]]:
+    """Start a simulator for every reader line of the site; return them and a name map."""
+    from drivers.osdp.keys import load_scbk, write_scbk
+    from simulators.osdp_reader import SimOsdpPd, SimOsdpReader
+    from simulators.serial_reader import SimSerialReader
+
+    sims: list[Any] = []
+    by_reader: dict[str, Any] = {}
+    for bus in settings.reader_buses:
+        readers = [r for r in settings.readers if r.bus == bus.name]
+        if bus.driver == "serial":
+            sim = SimSerialReader(bus.device, framing=bus.framing)
+            sim.start()
+            sims.append(sim)
+            for r in readers:
+                by_reader[r.name] = sim
+            continue
+        pds = []
+        for r in readers:
+            key: bytes | None = None
+            if r.key_file is not None:
+                r.key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                key = load_scbk(r.key_file) if r.key_file.exists() else None
+                if key is None:
+                    key = secrets.token_bytes(16)
+                    write_scbk(r.key_file, key)
+            pd = SimOsdpPd(r.address, key, name=r.name)
+            pds.append(pd)
+            by_reader[r.name] = _OsdpAdapter(pd)
+        line = SimOsdpReader(*pds, device=bus.device)
+        line.start()
+        sims.append(line)
+    return sims, by_reader
 
 
 async def api_call(path: Path, cmd: str, **args: Any) -> dict[str, Any]:
@@ -109,6 +166,28 @@ class Demo:
             self.last_seq = max(self.last_seq, *(int(e["seq"]) for e in events))
         return events
 
+    async def seed(self) -> None:
+        """Enrol the demo people once (the store persists across demo runs)."""
+        if (await api_call(self.socket, "cardholder.list", limit=1))["cardholders"]:
+            return
+        doors = [d.name for d in self.settings.doors]
+        it = [d.name for d in self.settings.doors if d.zone == "it"]
+        staff = [d for d in doors if d not in it]
+        await api_call(self.socket, "access-level.add", name="staff", doors=staff, source="demo")
+        if it:
+            await api_call(self.socket, "access-level.add", name="it", doors=it, source="demo")
+        for name, card, pin, levels, privileges in DEMO_PEOPLE:
+            req: dict[str, Any] = {
+                "name": name,
+                "levels": levels,
+                "privileges": privileges,
+                "source": "demo",
+            }
+            if pin:
+                req["pin"] = pin
+            cid = (await api_call(self.socket, "cardholder.add", **req))["cardholder"]
+            await api_call(self.socket, "credential.add", cardholder=cid, card=card, source="demo")
+
     async def sim(self, **request: Any) -> None:
         """Act on the simulators as a person would."""
         from simulators.control import control_request
@@ -122,12 +201,27 @@ class Demo:
             return
         first = doors[0]
         second = doors[1] if len(doors) > 1 else first
-        third = doors[2] if len(doors) > 2 else first
+        forced = doors[2] if len(doors) > 2 else first
+        pin_doors = [d.name for d in self.settings.doors if d.mode.value == "card+pin"]
+        third = pin_doors[0] if pin_doors else forced
         step = 0.2
         await asyncio.sleep(step)
-        await self.sim(cmd="door", action="force", name=third)
+        readers = {r.door: r.name for r in self.settings.readers}
+        lobby = readers.get(first)
+        if lobby is not None:
+            await self.sim(cmd="reader", action="card", name=lobby, card=UNKNOWN_CARD)
+            await asyncio.sleep(step)
+            await self.sim(cmd="reader", action="card", name=lobby, card=DEMO_PEOPLE[0][1])
+            await asyncio.sleep(step)
+        it_reader = next((r.name for r in self.settings.readers if r.door == third), None)
+        if it_reader is not None:
+            await self.sim(cmd="reader", action="card", name=it_reader, card=DEMO_PEOPLE[1][1])
+            await asyncio.sleep(step)
+            await self.sim(cmd="reader", action="keys", name=it_reader, keys="2468#")
+            await asyncio.sleep(step)
+        await self.sim(cmd="door", action="force", name=forced)
         await asyncio.sleep(step)
-        await self.sim(cmd="door", action="close", name=third)
+        await self.sim(cmd="door", action="close", name=forced)
         await api_call(self.socket, "door", action="pulse", door=first, source="demo-script")
         await asyncio.sleep(step)
         await self.sim(cmd="door", action="open", name=first)
@@ -178,6 +272,11 @@ class Demo:
                 f"(also close, force, rex, tamper; --control {self.sim_socket})",
                 f"  wardctl --socket {self.socket} door pulse {self.settings.doors[0].name}",
                 f"  warding sim board offline {self.settings.boards[0].name}",
+                *(
+                    f"  warding sim reader card {r.name} {DEMO_PEOPLE[0][1]}   "
+                    f"(people: {', '.join(f'{p[0]} {p[1]}' for p in DEMO_PEOPLE)})"
+                    for r in self.settings.readers[:1]
+                ),
             ]
             sys.stdout.write("\n".join(screen) + "\n")
             sys.stdout.flush()
@@ -191,25 +290,36 @@ async def _run(
     from simulators.site import SimSite
 
     demo = Demo(settings, site_file, runtime)
-    async with SimSite(settings) as site, SimControlServer(site, demo.sim_socket):
-        try:
-            await demo.start_daemon()
-            if duration_s is None:
-                print(f"daemon log: {runtime / 'daemon.log'}")
-                with contextlib.suppress(asyncio.CancelledError):
-                    await demo.live()
-            else:
-                print(
-                    f"warding demo: {len(settings.doors)} doors on {len(settings.boards)} "
-                    f"simulated boards, running {duration_s:g}s",
-                    flush=True,
-                )
-                await demo.headless(duration_s, script)
-        finally:
-            status = await demo.stop_daemon()
-        if duration_s is not None:
-            print(f"warding demo: daemon exited with status {status}", flush=True)
-        return 0 if status == 0 else 1
+    reader_sims, by_reader = start_reader_sims(settings)
+    try:
+        async with SimSite(settings) as site, SimControlServer(site, demo.sim_socket, by_reader):
+            return await _serve(demo, runtime, duration_s, script)
+    finally:
+        for sim in reader_sims:
+            sim.stop()
+
+
+async def _serve(demo: Demo, runtime: Path, duration_s: float | None, script: bool) -> int:
+    settings = demo.settings
+    try:
+        await demo.start_daemon()
+        await demo.seed()
+        if duration_s is None:
+            print(f"daemon log: {runtime / 'daemon.log'}")
+            with contextlib.suppress(asyncio.CancelledError):
+                await demo.live()
+        else:
+            print(
+                f"warding demo: {len(settings.doors)} doors on {len(settings.boards)} "
+                f"simulated boards, running {duration_s:g}s",
+                flush=True,
+            )
+            await demo.headless(duration_s, script)
+    finally:
+        status = await demo.stop_daemon()
+    if duration_s is not None:
+        print(f"warding demo: daemon exited with status {status}", flush=True)
+    return 0 if status == 0 else 1
 
 
 def run_demo(config: Path | None, *, duration_s: float | None = None, script: bool = False) -> int:

@@ -20,7 +20,7 @@ def _serial(bus: Any, readers: Sequence[Any], sink: EventSink) -> CredentialRead
 
 def _osdp(bus: Any, readers: Sequence[Any], sink: EventSink) -> CredentialReaderBus:
     module = importlib.import_module("drivers.osdp.driver")
-    driver: CredentialReaderBus = module.OsdpReaderBus.from_settings(bus, readers, sink)
+    driver: CredentialReaderBus = module.OsdpReaderBus(bus, readers, sink)
     return driver
 
 

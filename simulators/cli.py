@@ -126,6 +126,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("value", type=_switch, help="on or off")
     _control_option(p)
 
+    reader = cmds.add_parser("reader", help="a person at a simulated badge reader")
+    ractions = reader.add_subparsers(dest="reader_action", metavar="ACTION", required=True)
+    p = ractions.add_parser("card", help="present a card (h10301:12:345, uid:04A1B2C3, ...)")
+    p.add_argument("name", help="reader name")
+    p.add_argument("card")
+    _control_option(p)
+    p = ractions.add_parser("keys", help="type on the reader's keypad (e.g. 1234#)")
+    p.add_argument("name", help="reader name")
+    p.add_argument("keys")
+    _control_option(p)
+
     status = cmds.add_parser("status", help="show doors and boards")
     status.add_argument("--json", action="store_true", help="print the raw JSON status")
     _control_option(status)
@@ -172,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if command == "door":
         return _report_door(args, reply)
+    if command == "reader":
+        print(f"reader {args.name}: {args.reader_action} sent")
+        return 0
     board = reply.get("board", {})
     state = "online" if board.get("online") else "offline"
     print(f"board {args.name}: {state}, {_faults_text(board.get('faults') or {}) or 'no faults'}")
@@ -203,6 +217,10 @@ def _request_for(args: argparse.Namespace) -> dict[str, Any] | None:
     command = getattr(args, "sim_command", None)
     if command == "status":
         return {"cmd": "status"}
+    if command == "reader":
+        action = args.reader_action
+        value = {"card": getattr(args, "card", None), "keys": getattr(args, "keys", None)}
+        return {"cmd": "reader", "action": action, "name": args.name, action: value[action]}
     if command == "door":
         req: dict[str, Any] = {"cmd": "door", "action": args.action, "name": args.name}
         if args.action == "rex":

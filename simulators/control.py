@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from simulators.site import SimSite
 
@@ -99,11 +99,26 @@ def _arg_str(req: Mapping[str, Any], key: str) -> str:
     return value
 
 
+class SimReader(Protocol):
+    """A simulated badge reader a person can use from the shell."""
+
+    def present_card(self, card: str) -> object:
+        """Present a card given in parse_card syntax (h10301:12:345, uid:04A1...)."""
+        ...
+
+    def type_keys(self, keys: str) -> object:
+        """Type keys on the reader's keypad."""
+        ...
+
+
 class SimControlServer:
     """Serve the control protocol for ``site`` on a Unix socket at ``path``."""
 
-    def __init__(self, site: SimSite, path: str | Path) -> None:
+    def __init__(
+        self, site: SimSite, path: str | Path, readers: Mapping[str, SimReader] | None = None
+    ) -> None:
         self.site = site
+        self.readers: dict[str, SimReader] = dict(readers or {})
         self.path = Path(path)
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[Any]] = set()
@@ -111,6 +126,7 @@ class SimControlServer:
             "status": self._status,
             "door": self._door,
             "board": self._board,
+            "reader": self._reader,
         }
 
     async def __aenter__(self) -> SimControlServer:
@@ -148,6 +164,21 @@ class SimControlServer:
         if server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
+
+    async def _reader(self, req: Mapping[str, Any]) -> Reply:
+        name = _arg_str(req, "name")
+        reader = self.readers.get(name)
+        if reader is None:
+            known = ", ".join(sorted(self.readers)) or "none"
+            raise _BadRequestError(f"unknown reader {name!r} (simulated readers: {known})")
+        action = _arg_str(req, "action")
+        if action == "card":
+            reader.present_card(_arg_str(req, "card"))
+        elif action == "keys":
+            reader.type_keys(_arg_str(req, "keys"))
+        else:
+            raise _BadRequestError(f"unknown reader action {action!r} (expected card or keys)")
+        return {"ok": True, "reader": name, "action": action}
 
     async def handle(self, request: object) -> Reply:
         """Execute one decoded request and return its reply (never raises for bad input)."""

@@ -374,6 +374,25 @@ def format_status(status: dict[str, Any]) -> str:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
     for r in rows:
         lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    readers = status.get("readers", [])
+    if readers:
+        lines.append("")
+        rrows = [("READER", "DOOR", "ONLINE", "SECURE", "TAMPER", "LAST ALARM")]
+        for r in readers:
+            secure = "-" if r.get("secure") is None else ("yes" if r["secure"] else "NO")
+            rrows.append(
+                (
+                    r["reader"],
+                    r["door"],
+                    "yes" if r.get("online") else "NO",
+                    secure,
+                    "YES" if r.get("tamper") else "no",
+                    r.get("last_alarm") or "-",
+                )
+            )
+        rw = [max(len(str(x[i])) for x in rrows) for i in range(len(rrows[0]))]
+        for x in rrows:
+            lines.append("  ".join(str(c).ljust(w) for c, w in zip(x, rw, strict=True)).rstrip())
     lines.append("")
     for b in status.get("boards", []):
         err = f"  ({b['error']})" if b.get("error") and b.get("link") != "up" else ""
