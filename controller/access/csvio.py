@@ -4,8 +4,8 @@ Import is all-or-nothing: every row is validated, and inserted into one open tra
 that the store itself finds cards and PINs that are enrolled already or repeated in the file;
 if any row is rejected the transaction is rolled back and the report lists the rejected rows
 (line number and reasons), else it is committed at once. Memory stays flat whatever the size
-of the file: rows are streamed in batches, and duplicates are found by the store's unique
-indexes, not by sets in memory.
+of the file: rows are streamed in batches, and duplicates are found by the database (sorted
+staged hashes, see ``store.BulkImport``), not by sets in memory.
 
 Export writes what the store knows: cardholders, their states, validity windows, privileges,
 levels, whether they have a PIN, and their credentials' masked display forms. Card numbers

@@ -947,24 +947,55 @@ class CredentialStore:
         return BulkImport(self, conn)
 
     def iter_export(self, batch: int = 5000) -> Iterator[tuple[Cardholder, list[CredentialInfo]]]:
-        """Every cardholder (levels resolved) with their credentials, by id, in batches."""
-        after = 0
-        while True:
-            holders = self.find_cardholders(after_id=after, limit=batch)
-            if not holders:
-                return
-            lo, hi = holders[0].id, holders[-1].id
-            creds: dict[int, list[CredentialInfo]] = {}
-            for row in self._query(
-                f"SELECT {_CRED_COLS} FROM credentials"  # noqa: S608
-                " WHERE cardholder_id BETWEEN ? AND ? ORDER BY cardholder_id, id",
-                (lo, hi),
-            ):
-                info = _credential_info(row)
-                creds.setdefault(info.cardholder_id, []).append(info)
-            for h in holders:
-                yield h, creds.get(h.id, [])
-            after = hi
+        """Every cardholder (levels resolved) with their credentials, by id, as one snapshot.
+
+        Reads on a connection of its own inside one read transaction, so the result is the
+        store at one instant and lookups are never held up by a long export.
+        """
+        self._reader()  # raise if closed
+        try:
+            conn = _connect(self.path, cache_kib=2048, busy_timeout_s=self._busy_timeout_s)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open credential store {self.path}: {exc}") from exc
+        try:
+            conn.execute("BEGIN")
+            levels: dict[int, AccessLevel] = {}
+            doors: dict[int, set[str]] = {}
+            for level_id, door in conn.execute(
+                "SELECT level_id, door FROM access_level_doors"
+            ).fetchall():
+                doors.setdefault(level_id, set()).add(door)
+            for level_id, name, schedule in conn.execute(
+                "SELECT id, name, schedule FROM access_levels"
+            ).fetchall():
+                levels[level_id] = AccessLevel(
+                    name, frozenset(doors.get(level_id, ())), self._schedule(schedule)
+                )
+            after = 0
+            while True:
+                rows = conn.execute(
+                    f"SELECT {_CH_COLS} FROM cardholders AS ch WHERE ch.id > ?"  # noqa: S608
+                    " ORDER BY ch.id LIMIT ?",
+                    (after, batch),
+                ).fetchall()
+                if not rows:
+                    return
+                lo, hi = rows[0][0], rows[-1][0]
+                creds: dict[int, list[CredentialInfo]] = {}
+                for row in conn.execute(
+                    f"SELECT {_CRED_COLS} FROM credentials"  # noqa: S608
+                    " WHERE cardholder_id BETWEEN ? AND ? ORDER BY cardholder_id, id",
+                    (lo, hi),
+                ).fetchall():
+                    info = _credential_info(row)
+                    creds.setdefault(info.cardholder_id, []).append(info)
+                for r in rows:
+                    yield _make_cardholder(r, levels), creds.get(r[0], [])
+                after = hi
+        except sqlite3.Error as exc:
+            raise StoreError(f"credential store read failed ({self.path}): {exc}") from exc
+        finally:
+            conn.close()
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -1398,6 +1429,21 @@ def _pin_conflict_text(*, same: bool, where: str | None) -> str:
     return (
         f"PIN in use: it differs from {owner} only by one in the last digit, "
         "which the duress scheme reserves"
+    )
+
+
+def _make_cardholder(r: Sequence[Any], levels: Mapping[int, AccessLevel]) -> Cardholder:
+    """Build a Cardholder from ``_CH_COLS`` columns without the store's caches (exports)."""
+    ids = () if r[7] is None else (int(i) for i in str(r[7]).split(","))
+    return Cardholder(
+        id=r[0],
+        name=r[1],
+        state=CardholderState(r[2]),
+        valid_from=_dt(r[3]),
+        valid_until=_dt(r[4]),
+        privileges=frozenset(Privilege(p) for p in str(r[5]).split(",") if p),
+        has_pin=bool(r[6]),
+        levels=tuple(sorted((levels[i] for i in ids if i in levels), key=lambda lv: lv.name)),
     )
 
 

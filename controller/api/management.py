@@ -149,8 +149,12 @@ class Management:
                 valid_from=valid_from,
                 valid_until=valid_until,
             )
-            for level in levels:
-                self.store.grant_level(cid, str(level))
+            try:
+                for level in levels:
+                    self.store.grant_level(cid, str(level))
+            except StoreError:
+                self.store.delete_cardholder(cid)  # all or nothing: no half-made cardholder
+                raise
             return cid
 
         cid = await self._run(add)
@@ -341,13 +345,13 @@ class Management:
         path = self.upload_dir / f"export-{secrets.token_hex(8)}.csv"
         try:
             await self._run(export_csv, self.store, path)
-            text = await self._run(path.read_text, "utf-8")
+            await reply(ok(req.id, streaming=True))
+            with path.open("r", encoding="utf-8") as fh:  # streamed: memory stays flat
+                while chunk := await self._run(fh.read, UPLOAD_CHUNK_MAX // 2):
+                    await reply({"data": chunk})
         finally:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        await reply(ok(req.id, streaming=True))
-        for start in range(0, len(text), UPLOAD_CHUNK_MAX):
-            await reply({"data": text[start : start + UPLOAD_CHUNK_MAX]})
         await reply({"done": True})
 
     # -- access levels ---------------------------------------------------------------------

@@ -207,6 +207,13 @@ def test_store_refuses_bad_secret_and_foreign_files(tmp_path: Path, secret: byte
         CredentialStore.open(other, secret)
 
 
+def test_store_refuses_a_file_that_is_not_sqlite(tmp_path: Path, secret: bytes) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="cannot open credential store"):
+        CredentialStore.open(junk, secret)
+
+
 def test_store_refuses_unknown_schema_version(db_path: Path, secret: bytes) -> None:
     CredentialStore.open(db_path, secret).close()
     conn = sqlite3.connect(db_path)
@@ -547,6 +554,12 @@ def test_pins_are_unique_and_keep_the_duress_neighbour_free(store: CredentialSto
     with pytest.raises(ConflictError, match="only by one in the last digit"):
         store.add_cardholder("Bob", pin="5559")  # Bob's duress PIN would be Ada's PIN
     assert store.counts()["cardholders"] == 1  # the failed adds left nothing behind
+    dan = store.add_cardholder("Dan", pin="8080")
+    with pytest.raises(ConflictError):
+        store.update_cardholder(dan, name="Daniel", pin="5550")
+    assert store.get_cardholder(dan).name == "Dan"  # the whole update was rolled back
+    assert store.check_pin(dan, "8080") is PinCheck.OK
+    store.delete_cardholder(dan)
     bob = store.add_cardholder("Bob", pin="5553")
     assert store.check_pin(bob, "5553") is PinCheck.OK
     # changing a PIN frees the old one (and its duress neighbour)
@@ -940,6 +953,17 @@ def test_export_csv(store: CredentialStore, tmp_path: Path) -> None:
     assert not list(tmp_path.glob(".export.csv.*"))  # no temp file left
     with pytest.raises(ImportFileError, match="is an export"):
         import_csv(store, out)
+
+
+def test_export_is_one_snapshot(store: CredentialStore) -> None:
+    a = store.add_cardholder("A")
+    b = store.add_cardholder("B")
+    rows = store.iter_export(batch=1)
+    assert next(rows)[0].id == a
+    store.add_cardholder("C")  # committed while the export is half-way
+    store.update_cardholder(b, name="B2")
+    assert [(h.id, h.name) for h, _ in rows] == [(b, "B")]
+    assert store.counts()["cardholders"] == 3
 
 
 # --------------------------------------------------------------------------- properties
