@@ -19,14 +19,21 @@ from controller.errors import ConfigError, Problem
 from controller.settings import (
     MAX_FILE_BYTES,
     UNIX_SOCKET_PATH_MAX,
+    AccessSettings,
     CoilRef,
     ControllerSettings,
     DoorSettings,
     InputRef,
+    InterlockSettings,
     LockType,
+    OsdpBusSettings,
+    ReaderSettings,
     RtuBoardSettings,
+    ScheduleSettings,
+    SerialReaderBusSettings,
     Settings,
     TcpBoardSettings,
+    ZoneSettings,
     demo_site_text,
     json_schema,
     load_settings,
@@ -837,6 +844,22 @@ def model_for(doc: Doc, table: Path_) -> type[BaseModel]:
         return ControllerSettings
     if table[0] == "boards":
         return TcpBoardSettings if get(doc, table)["transport"] == "tcp" else RtuBoardSettings
+    if table == ("access",):
+        return AccessSettings
+    if table[0] == "reader_buses":
+        return (
+            OsdpBusSettings
+            if get(doc, table).get("driver") == "osdp"
+            else (SerialReaderBusSettings)
+        )
+    simple = {
+        "schedules": ScheduleSettings,
+        "zones": ZoneSettings,
+        "interlocks": InterlockSettings,
+        "readers": ReaderSettings,
+    }
+    if table[0] in simple:
+        return simple[str(table[0])]
     if len(table) == 2:
         return DoorSettings
     return CoilRef if table[2] == "relay" else InputRef
