@@ -230,6 +230,8 @@ class DoorService:
                 was_up = previous is LinkState.UP
                 if up != was_up or previous is LinkState.DISCONNECTED:
                     self._record("board.link", device=board, state=state.value, reason=reason)
+                if self._frozen:
+                    return  # shutting down: drivers closing is not a door fault
                 for (b, _), door in self._by_coil.items():
                     if b == board:
                         self._apply(door, LinkChanged(up, now, reason))
