@@ -229,6 +229,8 @@ class Bench:
         if bad:
             ok = False
             self.samples.note(f"unlock {bad[0].door}: {bad[0].error}")
+        if self.daemon.journal is not None:
+            await self.daemon.journal.flush()  # a lockdown starts from a quiet journal
         await self._pause()
         boards = self.daemon.boards.values()
         fc15 = sum(b.stats["fc15"] for b in boards)

@@ -258,42 +258,53 @@ class DoorSettings(_Model):
         default=None,
         description="Name of a [[schedules]] entry during which the door is unlocked.",
     )
+    egress: bool = Field(
+        default=False,
+        strict=True,
+        description="On an egress route: REX releases it in every state, lockdown included; "
+        "a fire alarm releases it if it is fail-safe; evacuation unlocks it.",
+    )
 
 
 WEEKDAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+_HOLIDAY = 7  # Interval.day of holiday intervals (as policy.HOLIDAY)
 _INTERVAL = re.compile(
-    r"^\s*(?P<days>[a-z]+(?:-[a-z]+)?(?:,[a-z]+(?:-[a-z]+)?)*)\s+"
-    r"(?P<h1>\d{1,2}):(?P<m1>\d{2})-(?P<h2>\d{1,2}):(?P<m2>\d{2})\s*$"
+    r"^[ \t]*(?P<days>[a-z]+(?:-[a-z]+)?(?:,[a-z]+(?:-[a-z]+)?)*)[ \t]+"
+    r"(?P<h1>[0-9]{1,2}):(?P<m1>[0-9]{2})-(?P<h2>[0-9]{1,2}):(?P<m2>[0-9]{2})[ \t]*\Z"
 )
 
 
 def parse_interval(text: str) -> tuple[Interval, ...]:
-    """Parse ``"mon-fri 08:00-18:00"`` (also ``daily``, ``holiday``, ``sat,sun``) into intervals."""
+    """Parse ``"mon-fri 08:00-18:00"`` (also ``daily``, ``holiday``, ``sat,sun``) into intervals.
+
+    Days: a comma list (no spaces) of ``mon``..``sun``, ranges ``a-b`` (``fri-mon`` wraps over
+    the weekend), ``daily`` (mon..sun) and ``holiday``; then ``HH:MM-HH:MM``, start before end,
+    end at most ``24:00``. A ValueError names what is wrong (the caller shows the text).
+    """
     m = _INTERVAL.match(text.lower())
     if m is None:
-        raise ValueError(f"expected e.g. 'mon-fri 08:00-18:00' (got {text!r})")
+        raise ValueError("expected days and a time range, e.g. 'mon-fri 08:00-18:00'")
     start = int(m["h1"]) * 60 + int(m["m1"])
     end = int(m["h2"]) * 60 + int(m["m2"])
     if int(m["m1"]) > 59 or int(m["m2"]) > 59 or start > 1440 or end > 1440 or start >= end:
-        raise ValueError(
-            f"expected a time range within 00:00-24:00, start before end (got {text!r})"
-        )
+        raise ValueError("expected a time range within 00:00-24:00 with start before end")
     days: list[int] = []
     for part in m["days"].split(","):
         if part == "daily":
             days.extend(range(7))
         elif part == "holiday":
-            days.append(7)
+            days.append(_HOLIDAY)
         elif "-" in part:
             a, b = part.split("-")
-            if a not in WEEKDAYS or b not in WEEKDAYS:
-                raise ValueError(f"unknown day in {text!r}; use mon..sun, daily or holiday")
+            for day in (a, b):
+                if day not in WEEKDAYS:
+                    raise ValueError(f"unknown day {day!r} in a range; use mon..sun")
             lo, hi = WEEKDAYS[a], WEEKDAYS[b]
             days.extend(range(lo, hi + 1) if lo <= hi else [*range(lo, 7), *range(0, hi + 1)])
         elif part in WEEKDAYS:
             days.append(WEEKDAYS[part])
         else:
-            raise ValueError(f"unknown day {part!r} in {text!r}; use mon..sun, daily or holiday")
+            raise ValueError(f"unknown day {part!r}; use mon..sun, daily or holiday")
     return tuple(Interval(d, start, end) for d in sorted(set(days)))
 
 
@@ -338,7 +349,9 @@ def _timezone(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r} (e.g. 'Europe/Berlin', 'UTC')") from None
+        raise ValueError(
+            "unknown time zone; expected an IANA name such as 'Europe/Berlin' or 'UTC'"
+        ) from None
     return value
 
 
@@ -378,6 +391,71 @@ class AccessSettings(_Model):
         "as usual and raises a silent duress alarm.",
     )
     holidays: tuple[date, ...] = Field(default=(), description="Holiday dates (YYYY-MM-DD).")
+
+
+class LockdownInputSettings(_Model):
+    """A hard-wired panic button or fire-alarm contact on a board input."""
+
+    name: Name = Field(description="Name of the input (journaled as the trigger's 'where').")
+    kind: Literal["panic", "fire"] = Field(
+        description="'panic' starts a lockdown; 'fire' releases."
+    )
+    board: Name = Field(description="Name of a board in [[boards]].")
+    input: int = Field(ge=0, le=65535, strict=True, description="Input address, from 0.")
+    invert: bool = Field(default=False, strict=True, description="True if active reads False.")
+    zone: Name | None = Field(
+        default=None, description="Panic only: lock down this zone instead of the whole site."
+    )
+
+
+class ThreatLevelSettings(_Model):
+    """The door policy in force from a threat level upwards."""
+
+    level: int = Field(ge=1, le=7, strict=True, description="Threat level 1..7.")
+    mode: DoorMode = Field(
+        description="Door mode at this level and above: card+pin, locked (responders only)..."
+    )
+
+
+class LockdownSettings(_Model):
+    """Facility lockdown: triggers, verification, all-clear, persistence."""
+
+    panic_debounce_ms: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        strict=True,
+        description="A panic input must stay active this long to trigger.",
+    )
+    verify_interval_s: float = Field(
+        default=1.0, gt=0, le=10, strict=True, description="Re-check and re-assert period."
+    )
+    all_clear_window_s: float = Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        strict=True,
+        description="Time for the second all-clear person after the first.",
+    )
+    auto_revert_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=86_400,
+        strict=True,
+        description="End a lockdown automatically after this long; 0 = never (default).",
+    )
+    duress_action: Literal["alarm", "alarm+lockdown"] = Field(
+        default="alarm", description="What a duress PIN does besides granting."
+    )
+    state_file: FilePath | None = Field(
+        default=None, description="Durable lockdown state (default: lockdown.json by the journal)."
+    )
+    inputs: tuple[LockdownInputSettings, ...] = Field(
+        default=(), description="Panic buttons and fire-alarm contacts."
+    )
+    levels: tuple[ThreatLevelSettings, ...] = Field(
+        default=(), description="Door policy per threat level."
+    )
 
 
 class OsdpBusSettings(_Model):
@@ -446,6 +524,14 @@ class Settings(_Model):
     interlocks: tuple[InterlockSettings, ...] = Field(default=(), description="Interlocks.")
     reader_buses: tuple[ReaderBusSettings, ...] = Field(default=(), description="Reader lines.")
     readers: tuple[ReaderSettings, ...] = Field(default=(), description="Credential readers.")
+    lockdown: LockdownSettings = Field(
+        default_factory=LockdownSettings, description="Facility lockdown."
+    )
+
+    @property
+    def lockdown_state_file(self) -> Path:
+        """Where the durable lockdown state lives."""
+        return self.lockdown.state_file or self.controller.journal.with_name("lockdown.json")
 
     def board(self, name: str) -> TcpBoardSettings | RtuBoardSettings:
         """Return the board called ``name`` (KeyError if absent)."""
@@ -464,8 +550,6 @@ class Settings(_Model):
 
 _Board = TcpBoardSettings | RtuBoardSettings
 _BOARD_ADAPTER: TypeAdapter[_Board] = TypeAdapter(BoardSettings)
-_DISCRIMINATOR = "transport"
-_TAGS = frozenset({"tcp", "rtu", "osdp", "serial"})
 _SECTIONS = (
     "controller",
     "boards",
@@ -476,6 +560,7 @@ _SECTIONS = (
     "interlocks",
     "reader_buses",
     "readers",
+    "lockdown",
 )
 
 _SHOW = reprlib.Repr()
@@ -515,57 +600,97 @@ _BOUNDS = {
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _format_loc(loc: Sequence[int | str], discriminated: frozenset[str]) -> str:
+def _field_models(tp: Any) -> tuple[list[type[BaseModel]], str | None]:
+    """The models a field annotation holds (through Annotated, unions, tuples, Optional), and
+    the name of their tag field when they are a discriminated union (``transport``, ``driver``).
+    """
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp], None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Annotated:
+        models, tag = _field_models(args[0])
+        for meta in args[1:]:
+            discriminator = getattr(meta, "discriminator", None)
+            if isinstance(discriminator, str):
+                tag = discriminator
+        return models, tag
+    if origin in (typing.Union, types.UnionType, tuple, list):
+        found = [_field_models(a) for a in args if a is not Ellipsis]
+        tags = {t for _, t in found if t is not None}
+        return [m for ms, _ in found for m in ms], tags.pop() if len(tags) == 1 else None
+    return [], None
+
+
+def _tag_values(model: type[BaseModel], tag: str) -> tuple[object, ...]:
+    field = model.model_fields.get(tag)
+    return typing.get_args(field.annotation) if field is not None else ()
+
+
+def _walk(
+    loc: Sequence[int | str],
+) -> tuple[list[bool], list[type[BaseModel]], str | None]:
+    """Follow a pydantic location through the settings models.
+
+    Returns, for each part, whether it is the tag pydantic puts after the index of a
+    discriminated union entry (``boards.1.tcp.port``); then the models the location ends in
+    (several at a union itself) and the union's tag field, if it ends at one. Parts beyond the
+    models (an unknown key, an item of a plain array) are never tags.
+    """
+    models: list[type[BaseModel]] = [Settings]
+    tag: str | None = None
+    is_tag: list[bool] = []
+    for part in loc:
+        if isinstance(part, int) or not models:
+            is_tag.append(False)
+            continue
+        if tag is not None:
+            is_tag.append(True)
+            models = [m for m in models if part in _tag_values(m, tag)]
+            tag = None
+            continue
+        is_tag.append(False)
+        if len(models) == 1 and part in models[0].model_fields:
+            models, tag = _field_models(models[0].model_fields[part].annotation)
+        else:
+            models, tag = [], None
+    return is_tag, models, tag
+
+
+def _format_loc(loc: Sequence[int | str]) -> str:
     """Render a pydantic location as ``doors[3].relay.coil`` (dropping union tags).
 
     A key that is not a bare TOML key is quoted (``controller."a b"``), so a path is one line.
+    Only a tag where the models put one is dropped: an unknown key ``serial`` in a reader is
+    still ``readers[0].serial``.
     """
     out = ""
-    prev: int | str | None = None
-    for part in loc:
+    for part, is_tag in zip(loc, _walk(loc)[0], strict=True):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(prev, int) and part in discriminated:
-            pass  # the tag of a discriminated union, e.g. boards[1].tcp.port
-        else:
+        elif not is_tag:
             key = str(part)
             if not _BARE_KEY.fullmatch(key):
                 key = json.dumps(key)
             out += f".{key}" if out else key
-        prev = part
     return out
-
-
-def _models_in(tp: Any) -> list[type[BaseModel]]:
-    """The models a field annotation holds (through Annotated, unions, tuples, Optional)."""
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return [tp]
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin is Annotated:
-        return _models_in(args[0])
-    if origin in (typing.Union, types.UnionType, tuple, list):
-        return [m for a in args if a is not Ellipsis for m in _models_in(a)]
-    return []
 
 
 def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
     """The model that a pydantic location (without its last part) points into."""
-    models: list[type[BaseModel]] = [Settings]
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if len(models) > 1:  # a discriminated union: the next part is the tag
-            models = [
-                m
-                for m in models
-                if part in typing.get_args(m.model_fields[_DISCRIMINATOR].annotation)
-            ]
-            continue
-        if len(models) != 1 or part not in models[0].model_fields:
-            return None
-        models = _models_in(models[0].model_fields[part].annotation)
+    _, models, _ = _walk(loc)
     return models[0] if len(models) == 1 else None
+
+
+def _union_at(loc: Sequence[int | str], ctx: Mapping[str, Any]) -> tuple[str, str]:
+    """The tag field of the discriminated union at ``loc`` and its values (``'tcp' or 'rtu'``)."""
+    _, models, tag = _walk(loc)
+    if tag is not None:
+        values = [repr(v) for m in models for v in _tag_values(m, tag)]
+        return tag, " or ".join(values)
+    # not reached for Settings' own errors; pydantic's context is the fallback
+    tag = str(ctx.get("discriminator", "'type'")).strip("'")
+    return tag, str(ctx.get("expected_tags", "?")).replace(", ", " or ")
 
 
 def _unknown_key(loc: Sequence[int | str]) -> str:
@@ -589,11 +714,11 @@ def _describe(err: Mapping[str, Any]) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "union_tag_not_found":
-        return f"required key is missing; expected {_tags(ctx)}"
+        return f"required key is missing; expected {_tags(err['loc'], ctx)}"
     if kind == "socket_path_too_long":
         return str(err.get("msg"))
     if kind == "union_tag_invalid":
-        msg = f"expected {_tags(ctx)} (got {_shown(ctx.get('tag'))})"
+        msg = f"expected {_tags(err['loc'], ctx)} (got {_shown(ctx.get('tag'))})"
         show_input = False
     elif kind == "string_pattern_mismatch":
         msg = "expected a name: 1-63 of a-z 0-9 '-' '_' '.', starting with a letter or digit"
@@ -615,9 +740,9 @@ def _describe(err: Mapping[str, Any]) -> str:
     return msg
 
 
-def _tags(ctx: Mapping[str, Any]) -> str:
-    expected = str(ctx.get("expected_tags", "'tcp', 'rtu'"))
-    return f"{_DISCRIMINATOR} = {expected.replace(', ', ' or ')}"
+def _tags(loc: Sequence[int | str], ctx: Mapping[str, Any]) -> str:
+    tag, values = _union_at(loc, ctx)
+    return f"{tag} = {values}"
 
 
 def _number(value: object) -> str:
@@ -887,6 +1012,39 @@ def _cross_check_access(settings: Settings, file: str) -> list[Problem]:
                 )
         if len(set(il.doors)) != len(il.doors):
             problems.append(Problem(f"interlocks[{i}].doors", "a door is listed twice", file))
+    board_inputs = {
+        (ref.board, ref.input)
+        for d in settings.doors
+        for ref in (d.contact, d.rex, d.tamper)
+        if ref is not None
+    }
+    boards = {b.name: b for b in settings.boards}
+    zones = {d.zone for d in settings.doors}
+    problems += _dupes(settings.lockdown.inputs, "lockdown.inputs", "lockdown input", file)
+    for i, li in enumerate(settings.lockdown.inputs):
+        where = f"lockdown.inputs[{i}]"
+        b = boards.get(li.board)
+        if b is None:
+            problems.append(Problem(f"{where}.board", f"undefined board {li.board!r}", file))
+        elif li.input >= b.inputs:
+            problems.append(
+                Problem(
+                    f"{where}.input",
+                    f"board {b.name!r} has inputs 0..{b.inputs - 1} (got {li.input})",
+                    file,
+                )
+            )
+        if (li.board, li.input) in board_inputs:
+            problems.append(Problem(f"{where}.input", "input is already used by a door", file))
+        if li.zone is not None and li.zone not in zones:
+            problems.append(Problem(f"{where}.zone", f"no door is in zone {li.zone!r}", file))
+        if li.zone is not None and li.kind == "fire":
+            problems.append(Problem(f"{where}.zone", "a fire input is always site-wide", file))
+    seen_levels: set[int] = set()
+    for i, lv in enumerate(settings.lockdown.levels):
+        if lv.level in seen_levels:
+            problems.append(Problem(f"lockdown.levels[{i}].level", "level listed twice", file))
+        seen_levels.add(lv.level)
     buses = {b.name: b for b in settings.reader_buses}
     addresses: dict[tuple[str, int], str] = {}
     per_bus: dict[str, int] = {}
@@ -954,9 +1112,10 @@ def parse_settings(document: Mapping[str, Any], file: str = "<config>") -> Setti
                 len(o) > len(loc) and o[: len(loc)] == loc for o in locs
             ):
                 continue
+            path = _format_loc(loc)
             if err["type"] in {"union_tag_invalid", "union_tag_not_found"}:
-                loc = (*loc, _DISCRIMINATOR)
-            problems.append(Problem(_format_loc(loc, _TAGS), _describe(err), file))
+                path += f".{_union_at(loc, err.get('ctx') or {})[0]}"
+            problems.append(Problem(path, _describe(err), file))
         controller, boards, doors, broken = _salvage(document)
         problems += _cross_check(controller, boards, doors, file, broken)
         problems.sort(key=_order)

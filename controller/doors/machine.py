@@ -20,6 +20,10 @@ Invariants (tests in tests/unit/test_door_machine.py check them on random event 
   ``fault_retry_s`` the intent is tried again (a probe); if the readback disagrees the door
   returns to its fail state and waits again. No flapping, one journal entry per transition.
 * Every phase change and every alarm edge is an effect (``Record``), so nothing changes silently.
+* Lockdown (``Hold.secured``) relocks the door and refuses every command but ``lock`` unless it
+  carries ``override``; REX still releases doors on an egress route. A life-safety release
+  (fire on a fail-safe egress door, or evacuation outside lockdown) outranks everything,
+  relay faults and lockdown included.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ class DoorSpec:
     rex_pulse_s: float = 5.0
     fault_retry_s: float = 5.0
     relock_grace_s: float = 1.0
+    egress: bool = False  # on an egress route: REX always releases; fire/evacuation release
 
     def relay_for(self, released: bool) -> bool:
         """Relay value (energised?) that puts the lock released or locked."""
@@ -111,6 +116,8 @@ class DoorState:
     forced: bool = False
     retry_at: float | None = None
     probing: bool = False
+    secured: bool = False  # held secure by a lockdown: only override commands act
+    released: bool = False  # released for life safety (fire on fail-safe egress, evacuation)
 
     @property
     def phase(self) -> Phase:
@@ -123,7 +130,7 @@ class DoorState:
             return Phase.HELD_OPEN
         if self.contact is Contact.OPEN:
             return Phase.OPEN
-        if self.intent is not Intent.LOCKED:
+        if self.intent is not Intent.LOCKED or self.released:
             return Phase.UNLOCKED
         return Phase.LOCKED
 
@@ -133,11 +140,22 @@ class DoorState:
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """An operator or policy command: pulse, unlock (hold) or lock."""
+    """An operator or policy command: pulse, unlock (hold) or lock; ``override`` in lockdown."""
 
     action: str  # "pulse" | "unlock" | "lock"
     now: float
     duration_s: float | None = None
+    override: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The lockdown layer's view of this door: held secure, fire alarm, evacuation."""
+
+    secured: bool
+    fire: bool
+    evacuate: bool
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +207,9 @@ class Tick:
     now: float
 
 
-DoorEvent = Command | ContactChanged | RexChanged | TamperChanged | RelayRead | LinkChanged | Tick
+DoorEvent = (
+    Command | ContactChanged | RexChanged | TamperChanged | RelayRead | LinkChanged | Tick | Hold
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +225,8 @@ COMMANDS = frozenset({"pulse", "unlock", "lock"})
 
 def desired_relay(spec: DoorSpec, state: DoorState) -> bool:
     """The relay value the door must have now."""
+    if state.released:
+        return spec.relay_for(True)  # life safety first: fire / evacuation release
     if Fault.RELAY in state.faults and not state.probing:
         return False  # fail state: de-energised, the lock's own power-loss behaviour
     return spec.relay_for(state.intent is not Intent.LOCKED)
@@ -228,6 +250,7 @@ def next_deadline(spec: DoorSpec, state: DoorState) -> float | None:
         and state.authorised_open
         and not state.held
         and state.intent is not Intent.UNLOCKED
+        and not state.released
     ):
         times.append(state.opened_at + spec.held_open_s)
     if (
@@ -246,7 +269,9 @@ def step(spec: DoorSpec, state: DoorState, event: DoorEvent) -> tuple[DoorState,
     before = state
     match event:
         case Command():
-            state = _command(spec, state, event)
+            state = _command(spec, state, event, effects)
+        case Hold():
+            state = _hold(spec, state, event, effects)
         case ContactChanged():
             state = _contact(spec, state, event, effects)
         case RexChanged():
@@ -275,7 +300,25 @@ def _alarm(alarm: str, active: bool, **detail: Any) -> Record:
     return Record("door.alarm", {"alarm": alarm, "active": active, **detail})
 
 
-def _command(spec: DoorSpec, state: DoorState, event: Command) -> DoorState:
+def _hold(spec: DoorSpec, state: DoorState, event: Hold, effects: list[Record]) -> DoorState:
+    released = spec.egress and (
+        (event.fire and spec.lock == FAIL_SAFE) or (event.evacuate and not event.secured)
+    )
+    if event.secured and not state.secured:
+        effects.append(Record("door.secure", {"secured": True}))
+        state = replace(state, intent=Intent.LOCKED, pulse_until=None, shunt_until=event.now)
+    elif state.secured and not event.secured:
+        effects.append(Record("door.secure", {"secured": False}))
+    if released != state.released:
+        why = "fire" if event.fire and spec.lock == FAIL_SAFE else "evacuation"
+        effects.append(Record("door.release", {"released": released, "why": why}))
+    return replace(state, secured=event.secured, released=released)
+
+
+def _command(spec: DoorSpec, state: DoorState, event: Command, effects: list[Record]) -> DoorState:
+    if state.secured and not event.override and event.action != "lock":
+        effects.append(Record("door.refused", {"action": event.action, "reason": "lockdown"}))
+        return state
     if event.action == "pulse":
         duration = spec.pulse_s if event.duration_s is None else event.duration_s
         until = event.now + duration
@@ -303,7 +346,10 @@ def _contact(
         if state.contact is Contact.OPEN:
             return state
         authorised = (
-            state.intent is not Intent.LOCKED or event.now <= state.shunt_until or state.rex
+            state.intent is not Intent.LOCKED
+            or event.now <= state.shunt_until
+            or state.rex
+            or state.released
         )
         detail = "found open" if state.contact is Contact.UNKNOWN else "opened while locked"
         state = replace(state, contact=Contact.OPEN, opened_at=event.now)
@@ -339,10 +385,14 @@ def _rex(spec: DoorSpec, state: DoorState, event: RexChanged, effects: list[Reco
     state = replace(state, rex=event.pressed)
     if not event.pressed:
         return state
-    effects.append(Record("door.rex", {"unlocks": spec.rex_unlocks}))
+    effects.append(
+        Record("door.rex", {"unlocks": spec.rex_unlocks and (spec.egress or not state.secured)})
+    )
     shunt = event.now + spec.rex_pulse_s
     state = replace(state, shunt_until=max(state.shunt_until, shunt + spec.relock_grace_s))
-    if spec.rex_unlocks and state.intent is not Intent.UNLOCKED:
+    # free egress: in lockdown only doors on an egress route release on REX
+    unlocks = spec.rex_unlocks and (spec.egress or not state.secured)
+    if unlocks and state.intent is not Intent.UNLOCKED:
         state = replace(
             state, intent=Intent.PULSE, pulse_until=max(shunt, state.pulse_until or shunt)
         )
@@ -412,6 +462,7 @@ def _tick(spec: DoorSpec, state: DoorState, event: Tick, effects: list[Record]) 
         and state.authorised_open
         and not state.held
         and state.intent is not Intent.UNLOCKED
+        and not state.released
         and now >= state.opened_at + spec.held_open_s
     ):
         effects.append(_alarm("held-open", True, open_s=round(now - state.opened_at, 3)))

@@ -25,6 +25,7 @@ from controller.doors.machine import (
     DoorEvent,
     DoorSpec,
     DoorState,
+    Hold,
     LinkChanged,
     RelayRead,
     RexChanged,
@@ -104,6 +105,7 @@ def spec_from_settings(d: DoorSettings) -> DoorSpec:
         held_open_s=d.held_open_s,
         rex_unlocks=d.rex_unlocks,
         rex_pulse_s=d.rex_pulse_s,
+        egress=d.egress,
     )
 
 
@@ -249,11 +251,31 @@ class DoorService:
             raise CommandError(f"unknown door {name!r}") from None
 
     async def command(
-        self, name: str, action: str, *, duration_s: float | None = None, source: str = "api"
+        self,
+        name: str,
+        action: str,
+        *,
+        duration_s: float | None = None,
+        source: str = "api",
+        override: bool = False,
     ) -> CommandResult:
         """Command one door and wait (bounded) for the relay readback."""
-        results = await self.command_many([name], action, duration_s=duration_s, source=source)
+        results = await self.command_many(
+            [name], action, duration_s=duration_s, source=source, override=override
+        )
         return results[0]
+
+    def hold(self, holds: Mapping[str, tuple[bool, bool, bool]]) -> None:
+        """Apply the lockdown layer's (secured, fire, evacuate) to the named doors at once."""
+        now = self._clock()
+        for name, (secured, fire, evacuate) in holds.items():
+            door = self._doors.get(name)
+            if door is not None:
+                self._apply(door, Hold(secured, fire, evacuate, now))
+
+    def outcome(self, name: str) -> asyncio.Future[WriteOutcome] | None:
+        """The latest relay command's pending outcome for a door, if any."""
+        return self._doors[name].outcome
 
     async def command_many(
         self,
@@ -262,6 +284,7 @@ class DoorService:
         *,
         duration_s: float | None = None,
         source: str = "api",
+        override: bool = False,
     ) -> list[CommandResult]:
         """Command several doors at once (one FC15 per board) and wait for the readbacks."""
         if action not in COMMANDS:
@@ -275,9 +298,14 @@ class DoorService:
         now = self._clock()
         for door in doors:
             self._record(
-                "door.command", door=door.name, action=action, duration_s=duration_s, source=source
+                "door.command",
+                door=door.name,
+                action=action,
+                duration_s=duration_s,
+                source=source,
+                **({"override": True} if override else {}),
             )
-            self._apply(door, Command(action, now, duration_s))
+            self._apply(door, Command(action, now, duration_s, override))
         return list(await asyncio.gather(*(self._confirm(d, action) for d in doors)))
 
     async def _confirm(self, door: _Door, action: str) -> CommandResult:
@@ -300,14 +328,21 @@ class DoorService:
                 error = outcome.error or ("relay readback mismatch" if outcome.mismatched else "")
         return CommandResult(door.name, action, confirmed, door.state.phase.value, error)
 
-    async def apply_fail_state(self, timeout_s: float) -> dict[str, bool]:
-        """De-energise every door relay (each lock's power-loss state); wait for readback."""
+    async def apply_fail_state(
+        self, timeout_s: float, *, keep_locked: frozenset[str] = frozenset()
+    ) -> dict[str, bool]:
+        """De-energise every door relay (each lock's power-loss state); wait for readback.
+
+        Doors in ``keep_locked`` (held by a lockdown) are left locked instead, so a restart
+        never releases a fail-safe door that a lockdown holds.
+        """
         self._frozen = True
         futures: dict[str, asyncio.Future[WriteOutcome]] = {}
         for door in self._doors.values():
             board = self._boards[door.settings.relay.board]
-            door.commanded = False
-            futures[door.name] = board.command({door.settings.relay.coil: False})
+            value = door.spec.relay_for(False) if door.name in keep_locked else False
+            door.commanded = value
+            futures[door.name] = board.command({door.settings.relay.coil: value})
         done: dict[str, bool] = {}
         if futures:
             with contextlib.suppress(TimeoutError):
@@ -317,7 +352,7 @@ class DoorService:
         for name, fut in futures.items():
             ok = fut.done() and not fut.cancelled() and fut.result().ok
             done[name] = ok
-            self._record("door.safe", door=name, confirmed=ok)
+            self._record("door.safe", door=name, confirmed=ok, held_locked=name in keep_locked)
         return done
 
     def assert_all(self) -> list[asyncio.Future[WriteOutcome]]:

@@ -1,0 +1,1 @@
+"""Facility lockdown: pure state machine, records, asyncio runner, incident reports."""
