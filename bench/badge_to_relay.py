@@ -90,6 +90,7 @@ UNKNOWN_FACILITY: Final = 255  # h10301:255:x is never generated (bench.credenti
 _CACHE_FORMAT: Final = "1"  # bump when the cached store's content changes
 _CHILD_CONFIG: Final = "child.json"
 _OK_MARKER: Final = "complete"
+DEFAULT_CACHE_DIR: Final = Path("/tmp/warding-bench-cache")  # noqa: S108 - a cache, not a secret
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ class Options:
     unknown_rate: float = 0.02
     timeout_s: float = 2.0
     seed: int = 1
-    cache_dir: Path = Path("/tmp/warding-bench-cache")  # noqa: S108 - a cache, not a secret
+    cache_dir: Path = DEFAULT_CACHE_DIR
 
 
 # -- the credential stores --------------------------------------------------------------------
@@ -233,7 +234,7 @@ def sim_site_toml(workdir: Path, opts: Options) -> str:
 
 
 def daemon_site_toml(
-    workdir: Path, opts: Options, port: int, store: StoreFiles, device: Path, key_file: Path
+    workdir: Path, opts: Options, *, port: int, store: StoreFiles, device: Path, key_file: Path
 ) -> str:
     """The daemon's site: board ``w``, door ``main``, reader ``r-main`` on an OSDP line."""
     lines = _head(workdir) + _board_lines(DAEMON_BOARD, port, opts) + _door_lines(opts)
@@ -264,7 +265,7 @@ def daemon_site_toml(
 # -- the simulator process ------------------------------------------------------------------------
 
 
-async def _child(workdir: Path) -> None:
+async def _child(config: Mapping[str, Any]) -> None:
     """(``--child``) Serve both OSDP lines and both boards; act on stdin, report on stdout."""
     from controller.access.formats import CardFormat, encode_wiegand, parse_card
     from controller.settings import parse_toml
@@ -272,8 +273,7 @@ async def _child(workdir: Path) -> None:
     from simulators.osdp_reader import SimOsdpPd, SimOsdpReader
     from simulators.site import SimSite
 
-    config = json.loads((workdir / _CHILD_CONFIG).read_text("utf-8"))
-    settings = parse_toml(Path(config["site"]).read_text("utf-8"), "<bench simulators>")
+    settings = parse_toml(config["site"], "<bench simulators>")
     out = sys.stdout
 
     def send(obj: Mapping[str, Any]) -> None:
@@ -440,7 +440,8 @@ class SimChild:
 
     async def _read(self) -> None:
         proc = self._proc
-        assert proc is not None and proc.stdout is not None
+        assert proc is not None
+        assert proc.stdout is not None
         while True:
             line = await proc.stdout.readline()
             if not line:
@@ -471,7 +472,7 @@ class SimChild:
                 fut.set_exception(error)
 
 
-# -- the bare libosdp control panel (OSDP floor) ----------------------------------------------------
+# -- the bare libosdp control panel (OSDP floor) --------------------------------------------------
 
 
 class BareControlPanel:
@@ -646,8 +647,6 @@ class Bench:
         (self.workdir / "keys").mkdir(mode=0o700)
         for line, key in self.keys.items():
             write_scbk(self.key_files[line], key)
-        sim_toml = self.workdir / "sim.toml"
-        sim_toml.write_text(sim_site_toml(self.workdir, self.opts), "utf-8")
         lines = {
             line: {
                 "address": PD_ADDRESS,
@@ -657,7 +656,7 @@ class Bench:
             for line in self.keys
         }
         (self.workdir / _CHILD_CONFIG).write_text(
-            json.dumps({"site": str(sim_toml), "lines": lines}), "utf-8"
+            json.dumps({"site": sim_site_toml(self.workdir, self.opts), "lines": lines}), "utf-8"
         )
         await self.child.start()
         await self._start_daemon()
@@ -674,10 +673,10 @@ class Bench:
         text = daemon_site_toml(
             self.workdir,
             self.opts,
-            self.child.ports[DAEMON_BOARD],
-            self.big,
-            self.devices[DAEMON_LINE],
-            self.key_files[DAEMON_LINE],
+            port=self.child.ports[DAEMON_BOARD],
+            store=self.big,
+            device=self.devices[DAEMON_LINE],
+            key_file=self.key_files[DAEMON_LINE],
         )
         settings = parse_toml(text, "<bench daemon site>")
         daemon = Daemon(
@@ -716,6 +715,7 @@ class Bench:
             duress=settings.access.duress,
         )
         access = daemon.access
+        assert access is not None
         deadline = time.monotonic() + 20
         while not (access.readers[READER].online and access.readers[READER].secure):
             if time.monotonic() > deadline:
@@ -842,7 +842,8 @@ class Bench:
             s.note("unknown", str(exc))
             return
         deadline = time.monotonic() + self.opts.timeout_s
-        while info.decisions == decisions and time.monotonic() < deadline:
+        # no event marks a decision: poll its counter (untimed, so the poll costs nothing)
+        while info.decisions == decisions and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
         if info.decisions == decisions:
             s.note("unknown", "no decision")
@@ -918,7 +919,7 @@ def _card_key(i: int) -> str:
     return card_key(i)
 
 
-# -- figures ----------------------------------------------------------------------------------------
+# -- figures --------------------------------------------------------------------------------------
 
 
 def _ms(samples: Sequence[float], q: float) -> float:
@@ -1021,14 +1022,17 @@ def summary_text(r: Mapping[str, Any]) -> str:
 
     lines = [
         f"badge to relay: {r['n']} grants with {r['credentials']} credentials "
-        f"(+{r['n_1k']} with {r['credentials_1k']}), OSDP Secure Channel, pauses 0..{r['jitter_ms']:g} ms",
-        f"  warding 1M  p50 {r['p50_ms']:8.3f} ms ({mark('p50_ms')})   "
+        f"(+{r['n_1k']} with {r['credentials_1k']}), OSDP Secure Channel, "
+        f"pauses 0..{r['jitter_ms']:g} ms",
+        f"  {r['credentials']:>9} creds p50 {r['p50_ms']:8.3f} ms ({mark('p50_ms')})   "
         f"p99 {r['p99_ms']:8.3f} ms ({mark('p99_ms')})   max {r['max_ms']:.3f} ms",
-        f"  warding 1k  p50 {r['p50_1k_ms']:8.3f} ms   p99 {r['p99_1k_ms']:8.3f} ms   "
+        f"  {r['credentials_1k']:>9} creds p50 {r['p50_1k_ms']:8.3f} ms   "
+        f"p99 {r['p99_1k_ms']:8.3f} ms   "
         f"ratio p99 {r['ratio_1m_1k']:.3f} ({mark('ratio_1m_1k')})",
-        f"  floor OSDP  p50 {r['floor_osdp_p50_ms']:8.3f} ms   p99 {r['floor_osdp_p99_ms']:8.3f} ms"
+        f"  floor OSDP      p50 {r['floor_osdp_p50_ms']:8.3f} ms   "
+        f"p99 {r['floor_osdp_p99_ms']:8.3f} ms"
         " (bare libosdp CP, 2 ms refresh)",
-        f"  floor FC5   p50 {r['floor_modbus_p50_ms']:8.3f} ms   p99 "
+        f"  floor FC5       p50 {r['floor_modbus_p50_ms']:8.3f} ms   p99 "
         f"{r['floor_modbus_p99_ms']:8.3f} ms (one way; round trip p99 "
         f"{r['floor_modbus_rtt_p99_ms']:.3f} ms)",
         f"  floor p99 {r['floor_p99_ms']:.3f} ms; overhead p99 {r['overhead_p99_ms']:.3f} ms "
@@ -1044,7 +1048,7 @@ def summary_text(r: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# -- entry points -----------------------------------------------------------------------------------
+# -- entry points ---------------------------------------------------------------------------------
 
 
 async def _measure(opts: Options, workdir: Path, big: StoreFiles, small: StoreFiles) -> Any:
@@ -1125,8 +1129,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     p.add_argument(
         "--cache-dir",
         type=Path,
-        default=Options.cache_dir,
-        help=f"where generated credential stores are kept ({Options.cache_dir})",
+        default=DEFAULT_CACHE_DIR,
+        help=f"where generated credential stores are kept ({DEFAULT_CACHE_DIR})",
     )
     args = p.parse_args(argv)
     if args.credentials > 10_000_000 or args.small > 10_000_000:
@@ -1152,7 +1156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] == ["--child"] and len(args) == 2:
         quiet_logs("error")
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_child(Path(args[1])))
+            config = json.loads((Path(args[1]) / _CHILD_CONFIG).read_text("utf-8"))
+            asyncio.run(_child(config))
         return 0
     opts, json_only = parse_args(args)
     try:

@@ -49,6 +49,8 @@ from controller.settings import Settings, parse_toml
 from drivers.base import LinkState
 
 TARGET_RATIO_P99 = 1.25
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
 HOST = "127.0.0.1"
 UNIT_ID = 1
 
@@ -155,7 +157,9 @@ def site_files(
 class Bench:
     """The daemon under test, the raw clients of the floor, and the rounds."""
 
-    def __init__(self, opts: Options, settings: Settings, raw_ports: Sequence[int], workdir: Path):
+    def __init__(
+        self, opts: Options, settings: Settings, raw_ports: Sequence[int], workdir: Path
+    ) -> None:
         self.opts = opts
         self.daemon = Daemon(
             settings,
@@ -175,12 +179,14 @@ class Bench:
     async def start(self) -> None:
         """Run the daemon until it is ready with every board up; connect the raw clients."""
         self._task = asyncio.create_task(self.daemon.run(), name="daemon")
-        ready = asyncio.create_task(self.daemon.ready.wait())
-        await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        ready = asyncio.create_task(self.daemon.ready.wait(), name="daemon-ready")
+        await asyncio.wait(
+            {self._task, ready}, timeout=READY_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+        )
         if not ready.done():
             ready.cancel()
-            await self._task  # raises what stopped the daemon
-            raise RuntimeError("daemon stopped before it was ready")
+            self._check_daemon()
+            raise RuntimeError(f"daemon not ready within {READY_TIMEOUT_S} s")
         down = [n for n, b in self.daemon.boards.items() if b.link is not LinkState.UP]
         if down:
             raise RuntimeError(f"boards not up after start-up: {down}")
@@ -199,18 +205,29 @@ class Bench:
         if not all(connected):
             raise RuntimeError("raw clients could not connect to the twin boards")
 
+    def _check_daemon(self) -> None:
+        """Raise RuntimeError (with the cause) if the daemon task has ended."""
+        task = self._task
+        if task is None or not task.done():
+            return
+        exc = None if task.cancelled() else task.exception()
+        raise RuntimeError(f"the daemon stopped: {exc!r}") from exc
+
     async def stop(self) -> None:
         """Close the raw clients and shut the daemon down (relays to their fail state)."""
         for client in self.clients:
             client.close()
         self.daemon.shutdown.set()
-        if self._task is not None:
+        task = self._task
+        if task is None:
+            return
+        if not task.done():
             try:
-                await asyncio.wait_for(self._task, 15.0)
+                await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT_S)
             except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task  # its failure, if any, was reported by _check_daemon
 
     # -- one step of each kind
 
@@ -312,8 +329,9 @@ class Bench:
         """Warm-up rounds (not recorded), then the measured rounds, alternating A/B."""
         total = self.opts.warmup + self.opts.rounds
         for i in range(total):
-            if self.daemon.shutdown.is_set() or (self._task is not None and self._task.done()):
-                raise RuntimeError("the daemon stopped during the benchmark")
+            self._check_daemon()
+            if self.daemon.shutdown.is_set():
+                raise RuntimeError("the daemon was told to stop (signal)")
             record = i >= self.opts.warmup
             if i % 2 == 0:
                 await self.warding_round(record)

@@ -26,12 +26,15 @@ from controller import __version__
 from controller.access.secret import load_or_create_secret
 from controller.access.service import AccessService
 from controller.access.store import CredentialStore
+from controller.api.lockdown_api import COMMANDS as LOCKDOWN_COMMANDS
+from controller.api.lockdown_api import LockdownApi
 from controller.api.management import Management
 from controller.api.protocol import PROTOCOL_VERSION, ProtocolError, Request, arg, ok
-from controller.api.server import ControlServer, Reply
+from controller.api.server import PEER, ControlServer, Reply
 from controller.doors.service import DoorService
 from controller.errors import CommandError, WardingError
 from controller.journal import Journal, JournalWriter
+from controller.lockdown.runner import LockdownRunner
 from controller.sdnotify import SdNotifier
 from controller.settings import RtuBoardSettings, Settings, TcpBoardSettings
 from drivers.base import (
@@ -116,6 +119,8 @@ class Daemon:
         self.store: CredentialStore | None = None
         self.access: AccessService | None = None
         self.management: Management | None = None
+        self.lockdown: LockdownRunner | None = None
+        self.lockdown_api: LockdownApi | None = None
         self.buses: dict[str, CredentialReaderBus] = {}
         self.server = ControlServer(self.socket_path, self._dispatch)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -128,6 +133,12 @@ class Daemon:
         self.journal = JournalWriter(journal)
         boards: dict[str, RelayBoard] = dict(self.boards)
         self.doors = DoorService(self.settings, boards, self.journal)
+        # the lockdown state comes back before anything is asserted: a restart during a
+        # lockdown re-enters it and commands its doors secure from the first write
+        self.lockdown = LockdownRunner(self.settings, self.doors, self.journal)
+        await asyncio.to_thread(self.lockdown.restore)
+        self.lockdown.watch_inputs()
+        self.lockdown.apply()
         secret = await asyncio.to_thread(load_or_create_secret, self.settings.secret_file)
         schedules = {s.name: s.schedule() for s in self.settings.schedules}
         self.store = await asyncio.to_thread(
@@ -150,7 +161,22 @@ class Daemon:
                     self.journal.record(
                         "reader.alarm", device=r.name, alarm="config", detail=str(exc)
                     )
-        self.access = AccessService(self.settings, self.store, self.doors, self.buses, self.journal)
+        runner = self.lockdown
+        self.access = AccessService(
+            self.settings,
+            self.store,
+            self.doors,
+            self.buses,
+            self.journal,
+            lockdown=runner.held,
+            level_mode=runner.level_mode,
+            on_gesture=runner.on_gesture,
+            on_duress=runner.on_duress,
+            incident_of=runner.incident_for,
+        )
+        self.lockdown_api = LockdownApi(
+            runner, self.store, self.journal, frozenset(d.zone for d in self.settings.doors)
+        )
         self.management = Management(
             self.store,
             self.access,
@@ -182,6 +208,7 @@ class Daemon:
                 for bus in self.buses.values():
                     self._spawn(tg, bus.run(), f"readers:{bus.name}")
                 self._spawn(tg, self.access.run(), "access")
+                self._spawn(tg, runner.run(), "lockdown")
                 await self.server.start()
                 self._spawn(tg, self.server.serve(), "api")
                 self._spawn(tg, self._watchdog(), "watchdog")
@@ -264,7 +291,8 @@ class Daemon:
         self.notifier.stopping()
         await self.server.close()
         budget = self.settings.controller.shutdown_timeout_s
-        result = await self.doors.apply_fail_state(budget * 0.6)
+        held = self.lockdown.held_doors() if self.lockdown is not None else frozenset()
+        result = await self.doors.apply_fail_state(budget * 0.6, keep_locked=held)
         failed = [n for n, ok_ in result.items() if not ok_]
         self.journal_record("daemon.stop", doors_safe=len(result) - len(failed), failed=failed)
         # close the drivers first: a board loop then ends by itself even if a cancel is lost
@@ -284,6 +312,8 @@ class Daemon:
         await self.server.close()
         if self.access is not None:
             await self.access.close()
+        if self.lockdown is not None:
+            await self.lockdown.close()
         for bus in self.buses.values():
             with contextlib.suppress(Exception):
                 await bus.close()
@@ -311,16 +341,21 @@ class Daemon:
             name = arg(req, "door", str)
             duration = arg(req, "duration_s", float, required=False)
             source = arg(req, "source", str, required=False, default="wardctl")
-            result = await self.doors.command(name, action, duration_s=duration, source=source)
+            override = bool(arg(req, "override", bool, required=False, default=False))
+            if override:
+                source = f"{source} (override by {PEER.get()})"
+            result = await self.doors.command(
+                name, action, duration_s=duration, source=source, override=override
+            )
             await reply(ok(req.id, result=result.to_json()))
         elif req.cmd == "events":
             await self._events(req, reply)
-        elif self.management is not None and await self.management.handle(req, reply):
+        elif (self.management is not None and await self.management.handle(req, reply)) or (self.lockdown_api is not None and await self.lockdown_api.handle(req, reply)):
             pass
         else:
             raise ProtocolError(
                 f"unknown command {req.cmd!r}; expected ping, status, door, events or one of "
-                + ", ".join(Management.COMMANDS)
+                + ", ".join((*Management.COMMANDS, *LOCKDOWN_COMMANDS))
             )
 
     def status(self) -> dict[str, Any]:
@@ -345,6 +380,7 @@ class Daemon:
             "boards": boards,
             "journal_seq": self.journal.recorded_seq if self.journal else 0,
             "readers": self.access.status() if self.access else [],
+            "lockdown": self.lockdown.status() if self.lockdown else None,
         }
 
     async def _events(self, req: Request, reply: Reply) -> None:

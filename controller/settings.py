@@ -24,7 +24,7 @@ import types
 import typing
 import zoneinfo
 from collections.abc import Mapping, Sequence
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -345,6 +345,21 @@ class InterlockSettings(_Model):
     doors: tuple[Name, ...] = Field(min_length=2, description="Doors of the group.")
 
 
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _date_only(value: object) -> object:
+    """A calendar date: a TOML date (``2025-12-25``) or its text; not a number or date-time."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            pass
+    raise ValueError("expected a date YYYY-MM-DD")
+
+
 def _timezone(value: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
@@ -390,7 +405,9 @@ class AccessSettings(_Model):
         description="Duress PIN scheme: the PIN with its last digit plus one (9 -> 0) grants "
         "as usual and raises a silent duress alarm.",
     )
-    holidays: tuple[date, ...] = Field(default=(), description="Holiday dates (YYYY-MM-DD).")
+    holidays: tuple[Annotated[date, BeforeValidator(_date_only)], ...] = Field(
+        default=(), description="Holiday dates (YYYY-MM-DD)."
+    )
 
 
 class LockdownInputSettings(_Model):

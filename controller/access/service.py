@@ -20,7 +20,16 @@ from typing import Any
 import structlog
 
 from controller.access.formats import CardNumber, decode_card_read
-from controller.access.model import Credential, Decision, DoorMode, PinCheck, Reason, Schedule
+from controller.access.model import (
+    Cardholder,
+    Credential,
+    Decision,
+    DoorMode,
+    PinCheck,
+    Privilege,
+    Reason,
+    Schedule,
+)
 from controller.access.policy import (
     AccessRequest,
     AccessState,
@@ -47,6 +56,24 @@ from drivers.errors import CodecError
 log = structlog.get_logger(__name__)
 
 FREE_SCHEDULE_CHECK_S = 15.0
+
+
+_STRICTNESS = {
+    DoorMode.FREE: 0,
+    DoorMode.CARD: 1,
+    DoorMode.PIN: 2,
+    DoorMode.CARD_AND_PIN: 3,
+    DoorMode.TWO_PERSON: 4,
+    DoorMode.LOCKED: 5,
+}
+
+
+def stricter(mode: DoorMode, level_mode: str | None) -> DoorMode:
+    """The stricter of a door's own mode and the mode the threat level imposes."""
+    if level_mode is None:
+        return mode
+    imposed = DoorMode(level_mode)
+    return imposed if _STRICTNESS[imposed] > _STRICTNESS[mode] else mode
 
 
 @dataclass
@@ -97,7 +124,12 @@ class AccessService:
     recorder: Recorder
     clock: Callable[[], float] = time.monotonic
     wall: Callable[[], datetime] | None = None
-    lockdown: Callable[[], bool] = lambda: False
+    lockdown: Callable[[str], bool] = lambda zone: False  # zone -> held by a lockdown?
+    level_mode: Callable[[], str | None] = lambda: None  # door mode imposed by threat level
+    # (cardholder, reader, kind) with kind "lockdown" or "all-clear": the '*' gesture
+    on_gesture: Callable[[Cardholder, str, str], None] | None = None
+    on_duress: Callable[[Cardholder | None, str], None] | None = None
+    incident_of: Callable[[str], dict[str, Any]] = lambda zone: {}
     _state: AccessState = field(default_factory=AccessState)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -116,6 +148,8 @@ class AccessService:
                 self.interlock_of.setdefault(d, []).extend(x for x in group.doors if x != d)
         self._pending_keys: dict[str, str] = {}  # reader -> card key awaiting its PIN
         self._keybuf: dict[str, tuple[str, float]] = {}  # reader -> (keys so far, started)
+        self._armed: dict[str, float] = {}  # reader -> when '*' was pressed
+        self._gesture_pending: dict[str, tuple[Credential, float]] = {}
         self._free: dict[str, bool] = {}
         self._bus_of = {r.name: r.bus for r in self.settings.readers}
 
@@ -180,6 +214,7 @@ class AccessService:
         door = self.settings.door(reader.door)
         free = self.schedules.get(door.free_schedule) if door.free_schedule else None
         mode = effective_mode(door.mode, free, self.local_now(), self.holidays)
+        mode = stricter(mode, self.level_mode())
         zone = self.zones.get(door.zone)
         return DoorPolicy(
             name=door.name,
@@ -230,9 +265,11 @@ class AccessService:
             holidays=self.holidays,
             credential=credential,
             config=self.config,
-            lockdown=self.lockdown(),
+            lockdown=self.lockdown(self.settings.door(reader.door).zone),
             reader_secure=self._secure(info),
         )
+        if self._gesture_card(info, credential, card):
+            return
         decision = self._decide(request, info, card=card, detail=detail)
         if decision.reason is Reason.PENDING_PIN and card is not None:
             self._pending_keys[reader.name] = card.key
@@ -244,6 +281,15 @@ class AccessService:
         keys = event.keys.strip()
         name = info.settings.name
         now = self.clock()
+        if keys == "*" or (keys.startswith("*") and not keys.strip("*")):
+            self._armed[name] = now  # '*' then card then PIN: a lockdown / all-clear gesture
+            self._keybuf.pop(name, None)
+            self.recorder.record("access.gesture", device=name, step="armed")
+            self._indicate(name, Indication.PIN_NEEDED)
+            return
+        if name in self._gesture_pending:
+            self._gesture_pin(info, keys.strip().rstrip("#").lstrip("*"))
+            return
         if len(keys) > 1 or keys == "#":
             buffered, _ = self._keybuf.pop(name, ("", 0.0))
             entry = (buffered + keys) if keys == "#" else keys
@@ -259,6 +305,73 @@ class AccessService:
             self._keybuf[name] = (buffered + keys, started)
             return
         self._pin(info, entry)
+
+    def _gesture_card(
+        self, info: ReaderInfo, credential: Credential | None, card: CardNumber | None
+    ) -> bool:
+        """A card after '*': hold it for the PIN instead of deciding entry; True if taken."""
+        name = info.settings.name
+        armed = self._armed.pop(name, None)
+        now = self.clock()
+        if armed is None or now - armed > self.config.pin_timeout_s:
+            return False
+        self.recorder.record(
+            "access.gesture",
+            device=name,
+            step="card",
+            card=card.masked() if card else None,
+            known=credential is not None,
+        )
+        if credential is None or not self._secure(info):
+            self.recorder.record("access.gesture", device=name, step="refused", reason="unknown")
+            self._indicate(name, Indication.DENIED)
+            return True
+        self._gesture_pending[name] = (credential, now)
+        self._indicate(name, Indication.PIN_NEEDED)
+        return True
+
+    def _gesture_pin(self, info: ReaderInfo, pin: str) -> None:
+        name = info.settings.name
+        credential, started = self._gesture_pending.pop(name)
+        holder = credential.cardholder
+        zone = self.settings.door(info.settings.door).zone
+        kind = "all-clear" if self.lockdown(zone) else "lockdown"
+        needed = Privilege.ALL_CLEAR if kind == "all-clear" else Privilege.LOCKDOWN
+        reason = ""
+        try:
+            check = self.store.check_pin(holder.id, pin)
+        except StoreError as exc:
+            check, reason = PinCheck.BAD, f"store: {exc}"
+        if self.clock() - started > self.config.pin_timeout_s:
+            reason = "PIN too late"
+        elif check is not PinCheck.OK:
+            reason = "wrong PIN"
+        elif needed not in holder.privileges:
+            reason = f"no {needed.value} privilege"
+        elif holder.state.value != "active" or credential.state.value != "active":
+            reason = "credential not active"
+        if reason:
+            self.recorder.record(
+                "access.gesture",
+                device=name,
+                step="refused",
+                gesture=kind,
+                cardholder_id=holder.id,
+                reason=reason,
+            )
+            self._indicate(name, Indication.DENIED)
+            return
+        self.recorder.record(
+            "access.gesture",
+            device=name,
+            step="accepted",
+            gesture=kind,
+            cardholder_id=holder.id,
+            cardholder=holder.name,
+        )
+        self._indicate(name, Indication.LOCKDOWN if kind == "lockdown" else Indication.GRANTED)
+        if self.on_gesture is not None:
+            self.on_gesture(holder, name, kind)
 
     def _pin(self, info: ReaderInfo, entry: str) -> None:
         reader = info.settings
@@ -291,7 +404,7 @@ class AccessService:
             credential=credential,
             pin=check,
             config=self.config,
-            lockdown=self.lockdown(),
+            lockdown=self.lockdown(self.settings.door(reader.door).zone),
             reader_secure=self._secure(info),
         )
         self._decide(request, info, card=None, detail="", via="pin")
@@ -327,6 +440,8 @@ class AccessService:
         if detail or decision.detail:
             data["detail"] = detail or decision.detail
         self.recorder.record("access.decision", door=decision.door, **data)
+        if "duress" in decision.alarms and self.on_duress is not None:
+            self.on_duress(holder, request.reader)
         for alarm in decision.alarms:
             self.recorder.record(
                 "access.alarm",
@@ -336,6 +451,15 @@ class AccessService:
                 cardholder_id=decision.cardholder_id,
             )
             log.warning("access alarm", door=decision.door, alarm=alarm, reader=request.reader)
+        if decision.reason is Reason.GRANTED_OVERRIDE:
+            self.recorder.record(
+                "lockdown.override",
+                door=decision.door,
+                reader=request.reader,
+                cardholder_id=decision.cardholder_id,
+                cardholder=holder.name if holder is not None else None,
+                **self.incident_of(request.door.zone),
+            )
         if decision.granted:
             info.grants += 1
             self._grant(request.reader, decision)
@@ -351,7 +475,12 @@ class AccessService:
         self._indicate(reader, Indication.GRANTED)
         if decision.reason is Reason.GRANTED_FREE_ACCESS:
             return  # the door is already unlocked by its schedule
-        coro = self.doors.command(decision.door, "pulse", source=f"reader:{reader}")
+        coro = self.doors.command(
+            decision.door,
+            "pulse",
+            source=f"reader:{reader}",
+            override=decision.reason is Reason.GRANTED_OVERRIDE,
+        )
         task = asyncio.get_running_loop().create_task(coro, name=f"grant:{decision.door}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -377,7 +506,7 @@ class AccessService:
             for d in doors:
                 schedule = self.schedules.get(d.free_schedule or "")
                 free = effective_mode(d.mode, schedule, now, self.holidays) is DoorMode.FREE
-                free = free and not self.lockdown()
+                free = free and not self.lockdown(d.zone)
                 if self._free.get(d.name) != free:
                     self._free[d.name] = free
                     action = "unlock" if free else "lock"

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import os
+import pwd
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -22,6 +26,27 @@ from controller.errors import AlreadyRunningError, WardingError
 log = structlog.get_logger(__name__)
 
 Reply = Callable[[dict[str, object]], Awaitable[None]]
+
+PEER: contextvars.ContextVar[str] = contextvars.ContextVar("PEER", default="unknown")
+"""The OS user on the other end of the control socket (SO_PEERCRED), for attribution."""
+
+
+def _peer_name(writer: asyncio.StreamWriter) -> str:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return "unknown"
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", raw)
+    except OSError:
+        return "unknown"
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid{uid}"
+    return f"{name}(pid {pid})"
+
+
 Dispatcher = Callable[[Request, Reply], Awaitable[None]]
 
 
@@ -92,6 +117,7 @@ class ControlServer:
         task = asyncio.current_task()
         assert task is not None
         self._clients.add(task)
+        PEER.set(_peer_name(writer))
 
         async def reply(obj: dict[str, object]) -> None:
             writer.write(encode(obj))

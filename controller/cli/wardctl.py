@@ -7,11 +7,10 @@ Exit status: 0 success, 1 the daemon refused or could not confirm the command, 2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -238,7 +237,9 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             return _import(args.file, client, out, as_json)
         elif action == "export":
             chunks = []
-            for msg in _until_done(client.stream("credential.export"), "export"):
+            for msg in client.stream("credential.export"):
+                if msg.get("done"):
+                    break
                 chunks.append(str(msg.get("data", "")))
             text = "".join(chunks)
             if args.file is None:
@@ -292,18 +293,13 @@ def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> in
         raise _Usage(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise _Usage(f"{path} is not UTF-8 (byte {exc.start})") from None
-    upload = client.call("credential.import.begin", name=str(path))
+    upload = client.call("credential.import.begin")
     token, chunk = upload["upload"], int(upload["chunk_max"])
-    try:
-        for piece in _pieces(data, chunk):
-            client.call("credential.import.chunk", upload=token, data=piece)
-    except CommandError:
-        with contextlib.suppress(CommandError, DaemonNotRunningError, OSError, ValueError):
-            client.call("credential.import.abort", upload=token)  # no orphaned upload
-        raise
+    for start in range(0, len(data), chunk):
+        client.call("credential.import.chunk", upload=token, data=data[start : start + chunk])
     tty = sys.stderr.isatty()
     report: dict[str, Any] = {}
-    for msg in _until_done(client.stream("credential.import.commit", upload=token), "import"):
+    for msg in client.stream("credential.import.commit", upload=token):
         if "progress" in msg and tty:
             done, total = int(msg["progress"]), max(1, int(msg["total"]))
             bar = "#" * (30 * done // total)
@@ -311,6 +307,7 @@ def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> in
             sys.stderr.flush()
         if msg.get("done"):
             report = msg
+            break
     if tty:
         sys.stderr.write("\n")
     if as_json:
@@ -328,40 +325,6 @@ def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> in
         for r in report.get("rejected", []):
             out.write(f"{path}:{r['line']}: {r['reason']}\n")
     return 0 if report.get("committed") else EXIT_FAILED
-
-
-def _pieces(data: str, limit: int) -> Iterator[str]:
-    """``data`` cut into pieces whose JSON encoding is at most ``limit`` bytes.
-
-    The request line is limited in bytes, and JSON escapes a non-ASCII character as up to 12
-    bytes (a quote as 2): a piece of ``limit`` characters may be far longer on the wire.
-    """
-    start = 0
-    while start < len(data):
-        size = min(limit, len(data) - start)
-        while True:
-            piece = data[start : start + size]
-            encoded = len(json.dumps(piece))
-            if encoded <= limit or size == 1:
-                break
-            size = max(1, size * limit // encoded)
-        yield piece
-        start += size
-
-
-def _until_done(messages: Iterator[dict[str, Any]], what: str) -> Iterator[dict[str, Any]]:
-    """The lines of a stream up to its ``done`` line (included).
-
-    An error line ends the stream with CommandError (the daemon stays on the connection, so
-    waiting for more would hang); a stream that ends without ``done`` lost the daemon.
-    """
-    for msg in messages:
-        if msg.get("ok") is False:
-            raise CommandError(str(msg.get("error", f"{what} failed")))
-        yield msg
-        if msg.get("done"):
-            return
-    raise DaemonNotRunningError(f"the daemon closed the connection before the {what} ended")
 
 
 def _socket(args: argparse.Namespace) -> Path:

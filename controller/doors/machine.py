@@ -228,7 +228,9 @@ def desired_relay(spec: DoorSpec, state: DoorState) -> bool:
     if state.released:
         return spec.relay_for(True)  # life safety first: fire / evacuation release
     if Fault.RELAY in state.faults and not state.probing:
-        return False  # fail state: de-energised, the lock's own power-loss behaviour
+        # fail state: de-energised, the lock's own power-loss behaviour - except that a door
+        # held by a lockdown keeps being commanded locked (a fail-safe lock must not release)
+        return spec.relay_for(False) if state.secured else False
     return spec.relay_for(state.intent is not Intent.LOCKED)
 
 

@@ -135,6 +135,7 @@ class DoorService:
         self._wake = asyncio.Event()
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._frozen = False  # set at shutdown: relays stay in their fail state
+        self._input_listeners: dict[tuple[str, int], Callable[[bool, float], None]] = {}
         for d in settings.doors:
             door = _Door(d, spec_from_settings(d))
             self._doors[d.name] = door
@@ -196,6 +197,10 @@ class DoorService:
             )
         return rows
 
+    def watch_input(self, board: str, index: int, listener: Callable[[bool, float], None]) -> None:
+        """Call ``listener(raw_value, now)`` whenever a non-door input changes (panic, fire)."""
+        self._input_listeners[(board, index)] = listener
+
     def add_listener(self, listener: Callable[[str, dict[str, Any]], None]) -> None:
         """Call ``listener(kind, data)`` on every record (live views, MQTT later)."""
         self._listeners.append(listener)
@@ -208,6 +213,9 @@ class DoorService:
         match event:
             case InputsRead(device=board, values=values, changed=changed):
                 for index in sorted(changed):
+                    watcher = self._input_listeners.get((board, index))
+                    if watcher is not None:
+                        watcher(values[index], now)
                     hit = self._by_input.get((board, index))
                     if hit is None:
                         continue
@@ -272,6 +280,17 @@ class DoorService:
             door = self._doors.get(name)
             if door is not None:
                 self._apply(door, Hold(secured, fire, evacuate, now))
+
+    def reassert(self, names: Iterable[str]) -> None:
+        """Write the named doors' relays again even if nothing changed (drift correction)."""
+        for name in names:
+            door = self._doors[name]
+            door.commanded = None
+            self._sync_relay(door)
+
+    def spec(self, name: str) -> DoorSpec:
+        """The machine spec of a door."""
+        return self._doors[name].spec
 
     def outcome(self, name: str) -> asyncio.Future[WriteOutcome] | None:
         """The latest relay command's pending outcome for a door, if any."""

@@ -5,16 +5,21 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import tomllib
+import typing
+from collections import Counter
 from collections.abc import Callable
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from controller.access.model import DoorMode, Interval, Schedule
 from controller.errors import ConfigError, Problem
 from controller.settings import (
     MAX_FILE_BYTES,
@@ -38,6 +43,7 @@ from controller.settings import (
     json_schema,
     load_settings,
     main,
+    parse_interval,
     parse_settings,
     parse_toml,
 )
@@ -94,6 +100,22 @@ def test_embedded_demo_site_loads() -> None:
     assert site.door("lobby-main").lock is LockType.FAIL_SAFE
     with pytest.raises(KeyError):
         site.door("nope")
+    assert site.door("server-room").mode is DoorMode.CARD_AND_PIN
+    assert site.access.duress == "last-digit-plus-one"
+    assert [s.name for s in site.schedules] == ["business-hours"]
+    assert site.zones == (ZoneSettings(name="it", anti_passback="soft"),)
+    assert site.interlocks[0].doors == ("annex-entry", "annex-lab")
+    serial, osdp = site.reader_buses
+    assert isinstance(serial, SerialReaderBusSettings)
+    assert (serial.name, serial.framing) == ("lobby-line", "auto")
+    assert isinstance(osdp, OsdpBusSettings)
+    assert (osdp.name, osdp.baudrate) == ("osdp-1", 115200)
+    assert [(r.name, r.bus, r.address, r.door) for r in site.readers] == [
+        ("lobby-main-in", "lobby-line", 0, "lobby-main"),
+        ("server-room-in", "osdp-1", 1, "server-room"),
+        ("annex-entry-in", "osdp-1", 2, "annex-entry"),
+    ]
+    assert site.readers[1].key_file == Path("/tmp/warding-demo/keys/server-room-in.scbk")
 
 
 def test_demo_file_in_config_is_the_embedded_one() -> None:
@@ -123,6 +145,25 @@ def test_examples_cover_a_tcp_site_and_a_multidrop_rtu_line() -> None:
     assert multidrop
 
 
+def test_examples_cover_readers_schedules_zones_and_interlocks() -> None:
+    """One example shows an OSDP bus with two readers, a serial reader, a schedule, a zone
+    with anti-passback and an interlock, together."""
+    for path in EXAMPLES:
+        site = load_settings(path)
+        osdp = {b.name for b in site.reader_buses if isinstance(b, OsdpBusSettings)}
+        serial = {b.name for b in site.reader_buses if isinstance(b, SerialReaderBusSettings)}
+        if (
+            any(sum(r.bus == bus for r in site.readers) >= 2 for bus in osdp)
+            and any(r.bus in serial for r in site.readers)
+            and site.schedules
+            and any(d.free_schedule for d in site.doors)
+            and any(z.anti_passback != "off" for z in site.zones)
+            and site.interlocks
+        ):
+            return
+    pytest.fail("no example site with readers, schedules, anti-passback and an interlock")
+
+
 def test_defaults_apply() -> None:
     doc = {
         "controller": {"id": "c1"},
@@ -143,6 +184,20 @@ def test_defaults_apply() -> None:
         True,
     )
     assert (door.contact, door.rex, door.tamper) == (None, None, None)
+    assert (door.mode, door.free_schedule) == (DoorMode.CARD, None)
+    assert site.access == AccessSettings()
+    assert (site.access.timezone, site.access.duress, site.access.holidays) == ("UTC", "off", ())
+    assert (site.access.pin_timeout_s, site.access.two_person_window_s) == (10.0, 10.0)
+    assert (
+        site.access.throttle_denials,
+        site.access.throttle_window_s,
+        site.access.throttle_lockout_s,
+    ) == (5, 30.0, 60.0)
+    assert (site.schedules, site.zones, site.interlocks) == ((), (), ())
+    assert (site.reader_buses, site.readers) == ((), ())
+    # the credential store and the site secret live beside the journal by default
+    assert site.credentials_db == Path("/var/lib/warding/credentials.db")
+    assert site.secret_file == Path("/var/lib/warding/site.secret")
 
 
 def test_settings_are_frozen() -> None:
@@ -182,11 +237,15 @@ def delp(*path: str | int) -> Mutation:
     return mutate
 
 
-def add_board(**fields: Any) -> Mutation:
+def add(section: str, **fields: Any) -> Mutation:
     def mutate(doc: Doc) -> None:
-        doc["boards"].append(fields)
+        doc[section].append(fields)
 
     return mutate
+
+
+def add_board(**fields: Any) -> Mutation:
+    return add("boards", **fields)
 
 
 CONTROLLER_KEYS = "id, socket, journal, log_level, watchdog_interval_s, shutdown_timeout_s"
@@ -198,8 +257,7 @@ GOLDEN: list[tuple[str, Mutation, str, str]] = [
         "unknown-top",
         setp("bogus", value=1),
         "bogus",
-        "unknown key; expected one of: controller, boards, doors, access, schedules, zones, "
-        "interlocks, reader_buses, readers",
+        f"unknown key; expected one of: {', '.join(Settings.model_fields)}",
     ),
     (
         "unknown-controller",
@@ -511,6 +569,266 @@ GOLDEN: list[tuple[str, Mutation, str, str]] = [
         "boards",
         "expected an array (got {'name': 'main'})",
     ),
+    # access control: schedules, zones, interlocks, reader buses and readers
+    (
+        "bad-interval-text",
+        setp("schedules", 0, "intervals", value=["mon-fri 8-18"]),
+        "schedules[0].intervals[0]",
+        "expected days and a time range, e.g. 'mon-fri 08:00-18:00' (got 'mon-fri 8-18')",
+    ),
+    (
+        "bad-interval-day",
+        setp("schedules", 0, "intervals", value=["mon-fri 07:00-19:00", "weekend 10:00-14:00"]),
+        "schedules[0].intervals[1]",
+        "unknown day 'weekend'; use mon..sun, daily or holiday (got 'weekend 10:00-14:00')",
+    ),
+    (
+        "bad-interval-range-day",
+        setp("schedules", 0, "intervals", value=["mon-fry 07:00-19:00"]),
+        "schedules[0].intervals[0]",
+        "unknown day 'fry' in a range; use mon..sun (got 'mon-fry 07:00-19:00')",
+    ),
+    (
+        "interval-over-midnight",
+        setp("schedules", 0, "intervals", value=["mon-fri 22:00-06:00"]),
+        "schedules[0].intervals[0]",
+        "expected a time range within 00:00-24:00 with start before end "
+        "(got 'mon-fri 22:00-06:00')",
+    ),
+    (
+        "no-intervals",
+        setp("schedules", 0, "intervals", value=[]),
+        "schedules[0].intervals",
+        "expected at least one entry (got [])",
+    ),
+    (
+        "interval-not-an-array",
+        setp("schedules", 0, "intervals", value="mon-fri 07:00-19:00"),
+        "schedules[0].intervals",
+        "expected an array (got 'mon-fri 07:00-19:00')",
+    ),
+    (
+        "unknown-timezone",
+        setp("access", "timezone", value="Europe/Springfield"),
+        "access.timezone",
+        "unknown time zone; expected an IANA name such as 'Europe/Berlin' or 'UTC' "
+        "(got 'Europe/Springfield')",
+    ),
+    (
+        "timezone-path",
+        setp("access", "timezone", value="../../etc/passwd"),
+        "access.timezone",
+        "unknown time zone; expected an IANA name such as 'Europe/Berlin' or 'UTC' "
+        "(got '../../etc/passwd')",
+    ),
+    (
+        "unknown-access-typo",
+        setp("access", "time_zone", value="UTC"),
+        "access.time_zone",
+        "unknown key (did you mean 'timezone'?)",
+    ),
+    (
+        "bad-duress",
+        setp("access", "duress", value="on"),
+        "access.duress",
+        "expected 'off' or 'last-digit-plus-one' (got 'on')",
+    ),
+    (
+        "pin-timeout-zero",
+        setp("access", "pin_timeout_s", value=0),
+        "access.pin_timeout_s",
+        "expected a value > 0 (got 0)",
+    ),
+    (
+        "throttle-denials-float",
+        setp("access", "throttle_denials", value=5.0),
+        "access.throttle_denials",
+        "expected an integer (got 5.0)",
+    ),
+    (
+        "undefined-free-schedule",
+        setp("doors", 2, "free_schedule", value="nights"),
+        "doors[2].free_schedule",
+        "undefined schedule 'nights'; defined: business-hours",
+    ),
+    (
+        "bad-door-mode",
+        setp("doors", 4, "mode", value="card-pin"),
+        "doors[4].mode",
+        "expected 'card', 'card+pin', 'pin', 'two-person', 'free' or 'locked' (got 'card-pin')",
+    ),
+    (
+        "bad-anti-passback",
+        setp("zones", 0, "anti_passback", value=True),
+        "zones[0].anti_passback",
+        "expected 'off', 'soft' or 'hard' (got True)",
+    ),
+    (
+        "duplicate-schedule",
+        add("schedules", name="business-hours", intervals=["daily 00:00-24:00"]),
+        "schedules[1].name",
+        "duplicate schedule name 'business-hours'",
+    ),
+    (
+        "duplicate-zone",
+        add("zones", name="it"),
+        "zones[1].name",
+        "duplicate zone name 'it'",
+    ),
+    (
+        "interlock-undefined-door",
+        setp("interlocks", 0, "doors", value=["annex-entry", "annex-labs"]),
+        "interlocks[0].doors[1]",
+        "undefined door 'annex-labs'",
+    ),
+    (
+        "interlock-one-door",
+        setp("interlocks", 0, "doors", value=["annex-entry"]),
+        "interlocks[0].doors",
+        "expected at least 2 entries (got ['annex-entry'])",
+    ),
+    (
+        "interlock-door-twice",
+        setp("interlocks", 0, "doors", value=["annex-entry", "annex-entry"]),
+        "interlocks[0].doors",
+        "a door is listed twice",
+    ),
+    (
+        "bad-reader-bus-driver",
+        setp("reader_buses", 0, "driver", value="wiegand"),
+        "reader_buses[0].driver",
+        "expected driver = 'osdp' or 'serial' (got 'wiegand')",
+    ),
+    (
+        "missing-reader-bus-driver",
+        delp("reader_buses", 1, "driver"),
+        "reader_buses[1].driver",
+        "required key is missing; expected driver = 'osdp' or 'serial'",
+    ),
+    (
+        "missing-osdp-device",
+        delp("reader_buses", 1, "device"),
+        "reader_buses[1].device",
+        "required key is missing",
+    ),
+    (
+        "missing-serial-device",
+        delp("reader_buses", 0, "device"),
+        "reader_buses[0].device",
+        "required key is missing",
+    ),
+    (
+        "framing-on-an-osdp-bus",
+        setp("reader_buses", 1, "framing", value="auto"),
+        "reader_buses[1].framing",
+        "unknown key; expected one of: driver, name, device, baudrate",
+    ),
+    (
+        "unknown-serial-bus-typo",
+        setp("reader_buses", 0, "framming", value="auto"),
+        "reader_buses[0].framming",
+        "unknown key (did you mean 'framing'?)",
+    ),
+    (
+        "bad-framing",
+        setp("reader_buses", 0, "framing", value="hex"),
+        "reader_buses[0].framing",
+        "expected 'auto', 'wiegand-hex', 'decimal', 'uid-hex' or 'em4100-stx' (got 'hex')",
+    ),
+    (
+        "osdp-baudrate-too-low",
+        setp("reader_buses", 1, "baudrate", value=4800),
+        "reader_buses[1].baudrate",
+        "expected a value >= 9600 (got 4800)",
+    ),
+    (
+        "duplicate-reader-bus",
+        add("reader_buses", name="osdp-1", driver="osdp", device="/dev/ttyS9"),
+        "reader_buses[2].name",
+        "duplicate reader bus name 'osdp-1'",
+    ),
+    (  # a key spelled like a union tag is still a key (not dropped from the path)
+        "unknown-key-named-like-a-tag",
+        setp("readers", 0, "serial", value=True),
+        "readers[0].serial",
+        "unknown key; expected one of: name, bus, door, direction, address, key_file, "
+        "secure_channel",
+    ),
+    (
+        "unknown-board-key-named-like-a-tag",
+        setp("boards", 1, "tcp", value=True),
+        "boards[1].tcp",
+        "unknown key; expected one of: name, unit_id, coils, inputs, timeout_ms, "
+        "poll_interval_ms, backoff_initial_ms, backoff_max_ms, transport, device, baudrate, "
+        "parity, stop_bits, byte_size",
+    ),
+    (
+        "reader-undefined-bus",
+        setp("readers", 0, "bus", value="lobby-wire"),
+        "readers[0].bus",
+        "undefined reader bus 'lobby-wire'",
+    ),
+    (
+        "reader-undefined-door",
+        setp("readers", 2, "door", value="annex-entrance"),
+        "readers[2].door",
+        "undefined door 'annex-entrance'",
+    ),
+    (
+        "duplicate-osdp-address",
+        setp("readers", 2, "address", value=1),
+        "readers[2].address",
+        "address 1 on bus 'osdp-1' is already used by reader 'server-room-in'",
+    ),
+    (
+        "second-reader-on-a-serial-line",
+        add("readers", name="lobby-main-out", bus="lobby-line", door="lobby-main", direction="out"),
+        "readers[3].bus",
+        "serial line 'lobby-line' carries one reader only",
+    ),
+    (
+        "secure-channel-without-key-file",
+        delp("readers", 1, "key_file"),
+        "readers[1].key_file",
+        "required when secure_channel = true (the reader's SCBK file)",
+    ),
+    (
+        "duplicate-reader",
+        add(
+            "readers",
+            name="server-room-in",
+            bus="osdp-1",
+            address=3,
+            door="server-room",
+            secure_channel=False,
+        ),
+        "readers[3].name",
+        "duplicate reader name 'server-room-in'",
+    ),
+    (
+        "osdp-address-too-big",
+        setp("readers", 1, "address", value=127),
+        "readers[1].address",
+        "expected a value <= 126 (got 127)",
+    ),
+    (
+        "bad-direction",
+        setp("readers", 0, "direction", value="both"),
+        "readers[0].direction",
+        "expected 'in' or 'out' (got 'both')",
+    ),
+    (
+        "string-for-secure-channel",
+        setp("readers", 1, "secure_channel", value="yes"),
+        "readers[1].secure_channel",
+        "expected true or false (got 'yes')",
+    ),
+    (
+        "empty-key-file",
+        setp("readers", 1, "key_file", value=" "),
+        "readers[1].key_file",
+        "expected a non-empty path (got ' ')",
+    ),
 ]
 
 
@@ -581,6 +899,221 @@ def test_multidrop_rtu_line_with_distinct_unit_ids_is_valid() -> None:
     doc["boards"].append({**doc["boards"][1], "name": "annex-2", "unit_id": 8})
     doc["doors"][9]["relay"] = {"board": "annex-2", "coil": 0}
     assert parse_settings(doc).door("fire-exit").relay == CoilRef(board="annex-2", coil=0)
+
+
+# --- schedules and readers ---------------------------------------------------------------------
+
+MON, TUE, WED, THU, FRI, SAT, SUN, HOLIDAY = range(8)
+
+
+@pytest.mark.parametrize(
+    ("text", "days", "start", "end"),
+    [
+        ("mon-fri 08:00-18:00", [MON, TUE, WED, THU, FRI], 480, 1080),
+        ("sat,sun 10:00-14:00", [SAT, SUN], 600, 840),
+        ("fri-mon 22:00-24:00", [MON, FRI, SAT, SUN], 1320, 1440),  # a range wraps the week
+        ("sun-tue 00:00-06:00", [MON, TUE, SUN], 0, 360),
+        ("thu-thu 09:00-10:00", [THU], 540, 600),
+        ("daily 00:00-24:00", [MON, TUE, WED, THU, FRI, SAT, SUN], 0, 1440),
+        ("holiday 09:00-12:00", [HOLIDAY], 540, 720),
+        ("daily,holiday 06:30-07:00", list(range(8)), 390, 420),
+        ("mon,mon-tue,tue 8:05-9:00", [MON, TUE], 485, 540),  # one hour digit; repeats merge
+        ("  Mon-Fri\t08:00-18:00 ", [MON, TUE, WED, THU, FRI], 480, 1080),  # case, spacing
+        ("wed 23:59-24:00", [WED], 1439, 1440),
+    ],
+)
+def test_parse_interval(text: str, days: list[int], start: int, end: int) -> None:
+    assert parse_interval(text) == tuple(Interval(d, start, end) for d in days)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "expected days and a time range, e.g. 'mon-fri 08:00-18:00'"),
+        ("mon-fri", "expected days and a time range"),
+        ("08:00-18:00", "expected days and a time range"),
+        ("mon-fri 08:00", "expected days and a time range"),
+        ("mon-fri 8-18", "expected days and a time range"),
+        ("mon - fri 08:00-18:00", "expected days and a time range"),
+        ("mon, tue 08:00-18:00", "expected days and a time range"),  # no spaces in the list
+        ("mon-tue-wed 08:00-18:00", "expected days and a time range"),
+        ("mon-fri 08:00-18:00\n", "expected days and a time range"),
+        ("mon-fri 08:00-18:00 daily", "expected days and a time range"),
+        ("mon-fri 0\u0668:00-18:00", "expected days and a time range"),  # ASCII digits only
+        ("mon-fri 08:00-08:00", "expected a time range within 00:00-24:00 with start before end"),
+        ("mon-fri 18:00-08:00", "start before end"),
+        ("mon-fri 22:00-06:00", "start before end"),  # crossing midnight: two intervals
+        ("mon-fri 00:00-24:01", "within 00:00-24:00"),
+        ("mon-fri 24:00-24:00", "within 00:00-24:00"),
+        ("mon-fri 08:60-09:00", "within 00:00-24:00"),
+        ("mon-fri 25:00-26:00", "within 00:00-24:00"),
+        ("weekdays 08:00-18:00", "unknown day 'weekdays'; use mon..sun, daily or holiday"),
+        ("monday 08:00-18:00", "unknown day 'monday'"),
+        ("mon-fry 08:00-18:00", "unknown day 'fry' in a range; use mon..sun"),
+        ("daily-holiday 08:00-18:00", "unknown day 'daily' in a range"),
+        ("mon-holiday 08:00-18:00", "unknown day 'holiday' in a range"),
+    ],
+)
+def test_parse_interval_refuses(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_interval(text)
+
+
+DAY_NAMES = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+@FUZZ
+@given(
+    days=st.lists(st.sampled_from([*DAY_NAMES, "holiday"]), min_size=1, max_size=4),
+    times=st.lists(st.integers(0, 1440), min_size=2, max_size=2, unique=True).map(sorted),
+)
+def test_parse_interval_of_any_day_list(days: list[str], times: list[int]) -> None:
+    start, end = times
+    text = f"{','.join(days)} {start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+    expected = sorted({DAY_NAMES.index(d) if d in DAY_NAMES else HOLIDAY for d in days})
+    assert parse_interval(text) == tuple(Interval(d, start, end) for d in expected)
+
+
+@FUZZ
+@given(a=st.sampled_from(DAY_NAMES), b=st.sampled_from(DAY_NAMES))
+def test_a_day_range_runs_forward_through_the_week(a: str, b: str) -> None:
+    first, last = DAY_NAMES.index(a), DAY_NAMES.index(b)
+    span = (last - first) % 7 + 1
+    expected = sorted((first + k) % 7 for k in range(span))
+    assert [i.day for i in parse_interval(f"{a}-{b} 01:00-02:00")] == expected
+
+
+def test_schedule_settings_give_the_policy_schedule() -> None:
+    settings_ = ScheduleSettings(name="s", intervals=("sat,sun 10:00-14:00", "holiday 09:00-12:00"))
+    assert settings_.schedule() == Schedule(
+        "s", (Interval(SAT, 600, 840), Interval(SUN, 600, 840), Interval(HOLIDAY, 540, 720))
+    )
+    assert load_settings().schedules[0].schedule().intervals == tuple(
+        Interval(d, 420, 1140) for d in (MON, TUE, WED, THU, FRI)
+    )
+
+
+def test_holidays_are_dates() -> None:
+    doc = demo_doc()
+    doc["access"]["holidays"] = [date(2025, 12, 25), "2025-12-26"]  # a TOML date, or its text
+    assert parse_settings(doc).access.holidays == (date(2025, 12, 25), date(2025, 12, 26))
+    for bad in ["christmas", "2025-02-30", "20251225", 20251225, 0, True, datetime(2025, 12, 25)]:
+        doc["access"]["holidays"] = [bad]
+        assert [(p.path, p.message) for p in problems_of(doc)] == [
+            ("access.holidays[0]", f"expected a date YYYY-MM-DD (got {bad!r})")
+        ]
+
+
+def test_credentials_db_and_secret_file_follow_the_journal_unless_set() -> None:
+    doc = demo_doc()
+    site = parse_settings(doc)
+    assert site.credentials_db == Path("/tmp/warding-demo/credentials.db")
+    assert site.secret_file == Path("/tmp/warding-demo/site.secret")
+    doc["access"] |= {"credentials_db": "/srv/cards.db", "secret_file": "/etc/warding/secret"}
+    site = parse_settings(doc)
+    assert site.credentials_db == Path("/srv/cards.db")
+    assert site.secret_file == Path("/etc/warding/secret")
+
+
+def test_a_timezone_is_an_iana_name() -> None:
+    doc = demo_doc()
+    for name in ("UTC", "Europe/Berlin", "America/Argentina/Buenos_Aires"):
+        doc["access"]["timezone"] = name
+        assert parse_settings(doc).access.timezone == name
+    for name in ("", "utc+1", "Europe", "Europe/", "/etc/localtime", "UTC\0"):
+        doc["access"]["timezone"] = name
+        assert [p.path for p in problems_of(doc)] == ["access.timezone"], name
+
+
+def test_secure_channel_needs_a_key_file_only_on_osdp() -> None:
+    doc = demo_doc()
+    del doc["readers"][1]["key_file"]
+    doc["readers"][1]["secure_channel"] = False  # a legacy reader in clear text: no key
+    assert parse_settings(doc).readers[1].key_file is None
+    doc = demo_doc()  # the serial reader has secure_channel = true (the default), no key file
+    assert "key_file" not in doc["readers"][0]
+    assert parse_settings(doc).readers[0].secure_channel is True
+
+
+def test_osdp_addresses_are_per_bus() -> None:
+    doc = demo_doc()
+    doc["reader_buses"].append({"name": "osdp-2", "driver": "osdp", "device": "/dev/ttyS2"})
+    doc["readers"][2] |= {"bus": "osdp-2", "address": 1}  # address 1 is also used on osdp-1
+    assert [r.address for r in parse_settings(doc).readers] == [0, 1, 1]
+    doc["readers"][0]["address"] = 5  # meaningless on a serial line, and harmless
+    parse_settings(doc)
+
+
+def test_two_readers_at_one_door_in_and_out() -> None:
+    doc = demo_doc()
+    out = {**doc["readers"][1], "name": "server-room-out", "address": 3, "direction": "out"}
+    doc["readers"].append(out)
+    site = parse_settings(doc)
+    assert [(r.door, r.direction) for r in site.readers[1::2]] == [
+        ("server-room", "in"),
+        ("server-room", "out"),
+    ]
+
+
+def test_access_cross_checks_are_all_reported_in_document_order() -> None:
+    doc = demo_doc()
+    doc["doors"][1]["free_schedule"] = "nights"
+    doc["schedules"].append({"name": "business-hours", "intervals": ["daily 00:00-24:00"]})
+    doc["interlocks"][0]["doors"] = ["annex-lab", "annex-lobby", "annex-lab"]
+    doc["readers"][0]["door"] = "lobby"
+    doc["readers"][1]["bus"] = "osdp-2"
+    doc["readers"][2] |= {"address": 1, "bus": "osdp-1"}
+    del doc["readers"][2]["key_file"]
+    doc["readers"].append({"name": "lobby-main-out", "bus": "lobby-line", "door": "lobby-main"})
+    problems = problems_of(doc)
+    assert [(p.path, p.message) for p in problems] == [
+        ("doors[1].free_schedule", "undefined schedule 'nights'; defined: business-hours"),
+        ("schedules[1].name", "duplicate schedule name 'business-hours'"),
+        ("interlocks[0].doors[1]", "undefined door 'annex-lobby'"),
+        ("interlocks[0].doors", "a door is listed twice"),
+        ("readers[0].door", "undefined door 'lobby'"),
+        ("readers[1].bus", "undefined reader bus 'osdp-2'"),
+        ("readers[2].key_file", "required when secure_channel = true (the reader's SCBK file)"),
+        ("readers[3].bus", "serial line 'lobby-line' carries one reader only"),
+    ]
+
+
+def test_top_level_sections_in_file_order() -> None:
+    assert list(Settings.model_fields)[:9] == [
+        "controller",
+        "boards",
+        "doors",
+        "access",
+        "schedules",
+        "zones",
+        "interlocks",
+        "reader_buses",
+        "readers",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (delp("reader_buses", 1, "device"), "reader_buses[1].device"),
+        (delp("reader_buses", 0, "device"), "reader_buses[0].device"),
+        (setp("reader_buses", 1, "device", value=""), "reader_buses[1].device"),
+        (setp("reader_buses", 0, "baudrate", value="fast"), "reader_buses[0].baudrate"),
+        (setp("reader_buses", 1, "serial", value=1), "reader_buses[1].serial"),
+        (setp("reader_buses", 1, "osdp", value=1), "reader_buses[1].osdp"),
+        (setp("reader_buses", 0, "driver", value=None), "reader_buses[0].driver"),
+        (setp("reader_buses", 0, value="lobby-line"), "reader_buses[0]"),
+        (setp("boards", 0, "rtu", value=1), "boards[0].rtu"),
+        (setp("doors", 0, "relay", "tcp", value=1), "doors[0].relay.tcp"),
+        (setp("access", "osdp", value=1), "access.osdp"),
+    ],
+)
+def test_paths_inside_discriminated_unions(mutate: Mutation, path: str) -> None:
+    """pydantic puts the union tag in its location (reader_buses.1.osdp.device); the path
+    drops exactly that, and keeps a key that merely looks like a tag."""
+    doc = demo_doc()
+    mutate(doc)
+    assert [p.path for p in problems_of(doc)] == [path]
 
 
 # --- several problems at once ------------------------------------------------------------------
@@ -780,6 +1313,7 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
     schema = json_schema()
     objects = [schema, *schema["$defs"].values()]
     objects = [o for o in objects if o.get("type") == "object"]
+    assert {o["title"] for o in objects} >= {m.__name__ for m in all_models()} - {"Settings"}
     assert {o["title"] for o in objects} >= {
         "ControllerSettings",
         "TcpBoardSettings",
@@ -787,6 +1321,13 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
         "DoorSettings",
         "CoilRef",
         "InputRef",
+        "AccessSettings",
+        "ScheduleSettings",
+        "ZoneSettings",
+        "InterlockSettings",
+        "OsdpBusSettings",
+        "SerialReaderBusSettings",
+        "ReaderSettings",
     }
     assert all(o["additionalProperties"] is False for o in objects)
 
@@ -836,33 +1377,98 @@ def render(path: Path_) -> str:
     return out
 
 
+def models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field annotation holds (through Annotated, unions, tuples and Optional)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for a in typing.get_args(annotation) if a is not Ellipsis for m in models_in(a)]
+
+
+def tags_match(model: type[BaseModel], table: Doc) -> bool:
+    """Whether ``table`` carries the values of every required Literal (tag) field of ``model``."""
+    return all(
+        table.get(name) in typing.get_args(field.annotation)
+        for name, field in model.model_fields.items()
+        if field.is_required() and typing.get_origin(field.annotation) is Literal
+    )
+
+
 def model_for(doc: Doc, table: Path_) -> type[BaseModel]:
-    """The settings model that validates the table at ``table`` in the demo document."""
-    if table == ():
-        return Settings
-    if table == ("controller",):
-        return ControllerSettings
-    if table[0] == "boards":
-        return TcpBoardSettings if get(doc, table)["transport"] == "tcp" else RtuBoardSettings
-    if table == ("access",):
-        return AccessSettings
-    if table[0] == "reader_buses":
-        return (
-            OsdpBusSettings
-            if get(doc, table).get("driver") == "osdp"
-            else (SerialReaderBusSettings)
-        )
-    simple = {
-        "schedules": ScheduleSettings,
-        "zones": ZoneSettings,
-        "interlocks": InterlockSettings,
-        "readers": ReaderSettings,
-    }
-    if table[0] in simple:
-        return simple[str(table[0])]
-    if len(table) == 2:
-        return DoorSettings
-    return CoilRef if table[2] == "relay" else InputRef
+    """The settings model that validates the table at ``table`` in a valid document.
+
+    Follows the field annotations from Settings, so every section (and any later one) is
+    covered; a discriminated union (boards on ``transport``, reader_buses on ``driver``) is
+    resolved by the tag the table carries.
+    """
+    model: type[BaseModel] = Settings
+    candidates: list[type[BaseModel]] = [Settings]
+    node: Any = doc
+    for part in table:
+        node = node[part]
+        if isinstance(part, str):
+            candidates = models_in(model.model_fields[part].annotation)
+        if isinstance(node, dict):
+            (model,) = [m for m in candidates if tags_match(m, node)]
+    return model
+
+
+def all_models(model: type[BaseModel] = Settings) -> set[type[BaseModel]]:
+    """Every model reachable from ``model`` through its fields."""
+    out = {model}
+    for field in model.model_fields.values():
+        for sub in models_in(field.annotation):
+            if sub not in out:
+                out |= all_models(sub)
+    return out
+
+
+def named_arrays(doc: Doc) -> list[Path_]:
+    """Arrays of named tables (boards, doors, schedules, ..., readers)."""
+    return [
+        p
+        for p in paths_in(doc)
+        if isinstance(node := get(doc, p), list)
+        and node
+        and all(isinstance(item, dict) and isinstance(item.get("name"), str) for item in node)
+    ]
+
+
+# references to names defined elsewhere: (section, key path in an entry); "*" is every item
+REFERENCES: list[tuple[str, tuple[str, ...]]] = [
+    ("doors", ("relay", "board")),
+    ("doors", ("contact", "board")),
+    ("doors", ("rex", "board")),
+    ("doors", ("tamper", "board")),
+    ("doors", ("free_schedule",)),
+    ("interlocks", ("doors", "*")),
+    ("readers", ("bus",)),
+    ("readers", ("door",)),
+]
+
+
+def references_in(doc: Doc) -> list[Path_]:
+    """Paths of the name references present in ``doc`` (also in a damaged document)."""
+    out: list[Path_] = []
+
+    def follow(node: Any, path: Path_, rest: tuple[str, ...]) -> None:
+        if not rest:
+            if isinstance(node, str):
+                out.append(path)
+        elif rest[0] == "*" and isinstance(node, list):
+            for i, item in enumerate(node):
+                follow(item, (*path, i), rest[1:])
+        elif isinstance(node, dict) and rest[0] in node:
+            follow(node[rest[0]], (*path, rest[0]), rest[1:])
+
+    for section, keys in REFERENCES:
+        entries = doc.get(section)
+        if isinstance(entries, list):
+            for i, entry in enumerate(entries):
+                follow(entry, (section, i), keys)
+    return out
+
+
+undefined_names = st.from_regex(r"zz-[a-z0-9]{1,8}", fullmatch=True)  # no demo name starts so
 
 
 @st.composite
@@ -872,12 +1478,15 @@ def mutations(draw: st.DrawFn, doc: Doc) -> tuple[str, Path_]:
     Only mutations that the (possibly already mutated) document still allows are drawn.
     """
     keyed = [p for p in paths_in(doc) if isinstance(p[-1], str)]
+    arrays = named_arrays(doc)
+    references = references_in(doc)
     doors = doc.get("doors")
     door_list = doors if isinstance(doors, list) else []
     door_tables = [i for i, d in enumerate(door_list) if isinstance(d, dict)]
     kinds = ["unknown"]
     kinds += ["delete", "retype"] if keyed else []
-    kinds += ["duplicate-door"] if door_list else []
+    kinds += ["duplicate"] if arrays else []
+    kinds += ["dangle"] if references else []
     kinds += ["repoint"] if door_tables else []
     kind = draw(st.sampled_from(kinds))
     if kind == "delete":
@@ -893,10 +1502,14 @@ def mutations(draw: st.DrawFn, doc: Doc) -> tuple[str, Path_]:
         old = get(doc, path[:-1])[path[-1]]
         new = draw(json_values.filter(lambda v: type(v) is not type(old)))
         get(doc, path[:-1])[path[-1]] = new
-    elif kind == "duplicate-door":
-        i = draw(st.integers(0, len(door_list) - 1))
-        door_list.append(copy.deepcopy(door_list[i]))
-        path = ("doors", len(door_list) - 1, "name")
+    elif kind == "duplicate":  # a copy of an entry at the end of its array: a duplicate name
+        array = draw(st.sampled_from(arrays))
+        entries = get(doc, array)
+        entries.append(copy.deepcopy(draw(st.sampled_from(entries))))
+        path = (*array, len(entries) - 1, "name")
+    elif kind == "dangle":  # a reference to a name that nothing defines
+        path = draw(st.sampled_from(references))
+        get(doc, path[:-1])[path[-1]] = draw(undefined_names)
     else:
         i = draw(st.sampled_from(door_tables))
         board = draw(st.sampled_from(["main", "annex"]) | st.text(max_size=10))
@@ -914,6 +1527,12 @@ def parse_or_problems(doc: Any) -> Settings | ConfigError:
         return exc
 
 
+def has_problem(outcome: Settings | ConfigError, path: Path_, start: str) -> bool:
+    return isinstance(outcome, ConfigError) and any(
+        p.path == render(path) and p.message.startswith(start) for p in outcome.problems
+    )
+
+
 @FUZZ
 @given(st.data())
 def test_single_mutation_of_demo(data: st.DataObject) -> None:
@@ -921,26 +1540,21 @@ def test_single_mutation_of_demo(data: st.DataObject) -> None:
     required = set(required_keys(doc))
     kind, path = data.draw(mutations(doc), label="mutation")
     outcome = parse_or_problems(doc)
-    where = render(path)
     if kind == "unknown":
-        assert isinstance(outcome, ConfigError)
-        assert any(
-            p.path == where and p.message.startswith("unknown key") for p in outcome.problems
-        )
+        assert has_problem(outcome, path, "unknown key"), outcome
     elif kind == "delete" and path in required:
-        assert isinstance(outcome, ConfigError)
-        assert any(
-            p.path == where and p.message.startswith("required key is missing")
-            for p in outcome.problems
-        ), outcome.problems
-    elif kind == "duplicate-door":
-        assert isinstance(outcome, ConfigError)
-        assert any(
-            p.path == where and p.message.startswith("duplicate door name")
-            for p in outcome.problems
-        )
-    elif kind == "delete":  # an optional key: the default takes its place
-        assert isinstance(outcome, Settings)
+        assert has_problem(outcome, path, "required key is missing"), outcome
+    elif kind == "delete":  # an optional key: the default takes its place...
+        expected = problems_after_deleting(path)
+        if expected:  # ...unless something else depends on it
+            assert isinstance(outcome, ConfigError)
+            assert [p.path for p in outcome.problems] == expected
+        else:
+            assert isinstance(outcome, Settings), outcome
+    elif kind == "duplicate":
+        assert has_problem(outcome, path, "duplicate "), outcome
+    elif kind == "dangle":
+        assert has_problem(outcome, path, "undefined "), outcome
     if isinstance(outcome, Settings):
         assert outcome == parse_settings(outcome.model_dump(mode="json"))
 
@@ -966,32 +1580,110 @@ def required_keys(doc: Doc) -> list[Path_]:
     ]
 
 
+def optional_keys(doc: Doc) -> list[Path_]:
+    required = set(required_keys(doc))
+    return [p for p in paths_in(doc) if isinstance(p[-1], str) and p not in required]
+
+
+def problems_after_deleting(path: Path_) -> list[str]:
+    """The problem paths expected once the optional key at ``path`` is deleted from the demo.
+
+    Most optional keys take their default quietly; a few are what a cross-check needs.
+    """
+    before = demo_doc()
+    doc = demo_doc()
+    del get(doc, path[:-1])[path[-1]]
+    readers = doc.get("readers", [])
+    if path == ("reader_buses",):
+        return [f"readers[{i}].bus" for i in range(len(readers))]
+    if path == ("schedules",):
+        return [
+            f"doors[{i}].free_schedule" for i, d in enumerate(doc["doors"]) if "free_schedule" in d
+        ]
+    if path[0] == "readers" and path[-1] in {"key_file", "secure_channel"}:
+        reader = readers[path[1]]
+        (bus,) = [b for b in before["reader_buses"] if b["name"] == reader["bus"]]
+        if (
+            bus["driver"] == "osdp"
+            and reader.get("secure_channel", True)
+            and "key_file" not in reader
+        ):
+            return [f"readers[{path[1]}].key_file"]
+    return []
+
+
+def test_the_demo_exercises_every_model() -> None:
+    """The exhaustive properties below are only as good as the demo: it has every kind of table."""
+    doc = demo_doc()
+    counts = Counter(model_for(doc, table) for table in tables_in(doc))
+    assert set(counts) == all_models(), "a settings model is missing from the demo site"
+    assert {m: counts[m] for m in DEMO_TABLES} == DEMO_TABLES
+    for table in tables_in(doc):  # the map is right: each table validates as its model
+        model_for(doc, table).model_validate(get(doc, table))
+
+
+DEMO_TABLES: dict[type[BaseModel], int] = {
+    Settings: 1,
+    ControllerSettings: 1,
+    TcpBoardSettings: 1,
+    RtuBoardSettings: 1,
+    DoorSettings: 10,
+    CoilRef: 10,
+    InputRef: 21,  # 10 contacts, 10 REX, 1 tamper
+    AccessSettings: 1,
+    ScheduleSettings: 1,
+    ZoneSettings: 1,
+    InterlockSettings: 1,
+    SerialReaderBusSettings: 1,
+    OsdpBusSettings: 1,
+    ReaderSettings: 3,
+}
+
+
 def test_every_required_key_of_the_demo_when_deleted_is_reported_at_its_path() -> None:
     paths = required_keys(demo_doc())
-    assert ("boards", 1, "transport") in paths
-    assert ("doors", 9, "relay", "coil") in paths
+    for expected in [
+        ("boards", 1, "transport"),
+        ("doors", 9, "relay", "coil"),
+        ("schedules", 0, "intervals"),
+        ("interlocks", 0, "doors"),
+        ("reader_buses", 0, "driver"),
+        ("reader_buses", 1, "device"),
+        ("readers", 2, "bus"),
+    ]:
+        assert expected in paths
     for path in paths:
         doc = demo_doc()
         del get(doc, path[:-1])[path[-1]]
         problems = problems_of(doc)
-        assert render(path) in [p.path for p in problems], (path, problems)
+        assert [p.path for p in problems] == [render(path)], (path, problems)
         assert problems[0].message.startswith("required key is missing"), problems
 
 
 def test_every_optional_key_of_the_demo_may_be_deleted() -> None:
-    doc = demo_doc()
-    required = set(required_keys(doc))
-    optional = [p for p in paths_in(doc) if isinstance(p[-1], str) and p not in required]
-    assert len(optional) > 50
+    """Deleting an optional key gives its default, or exactly the cross-check that needs it."""
+    optional = optional_keys(demo_doc())
+    assert len(optional) > 80
+    dependent = sorted(render(p) for p in optional if problems_after_deleting(p))
+    assert dependent == ["reader_buses", "readers[1].key_file", "readers[2].key_file"]
     for path in optional:
         doc = demo_doc()
         del get(doc, path[:-1])[path[-1]]
-        parse_settings(doc, FILE)
+        expected = problems_after_deleting(path)
+        if expected:
+            assert [p.path for p in problems_of(doc)] == expected, path
+            continue
+        site: Any = parse_settings(doc, FILE)
+        for part in path:
+            site = site[part] if isinstance(part, int) else getattr(site, part)
+        field = model_for(demo_doc(), path[:-1]).model_fields[str(path[-1])]
+        assert site == field.get_default(call_default_factory=True), path
 
 
 def test_an_unknown_key_in_every_table_is_reported_at_its_path() -> None:
-    tables = tables_in(demo_doc())
-    assert len(tables) == 1 + 1 + 2 + 10 + 10 + 10 + 10 + 1  # root, controller, boards, ...
+    doc = demo_doc()
+    tables = tables_in(doc)
+    assert {model_for(doc, table) for table in tables} >= set(DEMO_TABLES)
     for table in tables:
         doc = demo_doc()
         get(doc, table)["zz_extra"] = 1

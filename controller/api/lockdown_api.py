@@ -1,0 +1,226 @@
+"""Control-API commands of the facility lockdown: start, status, all-clear, evacuation, fire reset,
+threat level, the remote trigger entry point (MQTT/peers), and incident reports.
+
+Every command is attributed: the OS user on the control socket (SO_PEERCRED) plus, where a
+person must be authorised (all-clear, end of evacuation), a cardholder id and PIN checked
+against the credential store and the cardholder's privileges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller.access.model import PinCheck, Privilege
+from controller.access.store import CredentialStore, StoreError
+from controller.api.protocol import ProtocolError, Request, arg, ok
+from controller.api.server import PEER, Reply
+from controller.errors import CommandError
+from controller.journal import JournalWriter
+from controller.lockdown.model import (
+    SITE,
+    AllClear,
+    EndEvacuation,
+    FireReset,
+    SetThreatLevel,
+    StartEvacuation,
+    StartLockdown,
+    Trigger,
+)
+from controller.lockdown.runner import LockdownRunner, refusal
+
+REPORT_KINDS = frozenset(
+    {
+        "lockdown.trigger",
+        "lockdown.state",
+        "lockdown.door",
+        "lockdown.status",
+        "lockdown.override",
+        "lockdown.allclear",
+        "lockdown.end",
+        "lockdown.refused",
+        "lockdown.restored",
+        "fire.alarm",
+        "fire.reset",
+        "threat.level",
+    }
+)
+
+COMMANDS = (
+    "lockdown.start",
+    "lockdown.trigger",
+    "lockdown.status",
+    "lockdown.clear",
+    "lockdown.evacuate",
+    "lockdown.end-evacuation",
+    "threat-level.set",
+    "fire.reset",
+    "incident.list",
+    "incident.report",
+)
+
+
+@dataclass
+class LockdownApi:
+    """Handlers for the lockdown commands."""
+
+    runner: LockdownRunner
+    store: CredentialStore
+    journal: JournalWriter
+    zones: frozenset[str]
+
+    async def handle(self, req: Request, reply: Reply) -> bool:
+        """Serve ``req`` if it is a lockdown command; False if it is not one."""
+        handler: Callable[[Request, Reply], Awaitable[None]] | None = {
+            "lockdown.start": self._start,
+            "lockdown.trigger": self._trigger,
+            "lockdown.status": self._status,
+            "lockdown.clear": self._clear,
+            "lockdown.evacuate": self._evacuate,
+            "lockdown.end-evacuation": self._end_evacuation,
+            "threat-level.set": self._threat_level,
+            "fire.reset": self._fire_reset,
+            "incident.list": self._incident_list,
+            "incident.report": self._incident_report,
+        }.get(req.cmd)
+        if handler is None:
+            return False
+        await handler(req, reply)
+        return True
+
+    def _scope(self, req: Request) -> str:
+        scope = str(arg(req, "scope", str, required=False, default=SITE))
+        if scope != SITE and scope not in self.zones:
+            raise CommandError(
+                f"unknown zone {scope!r}; zones: {', '.join(sorted(self.zones)) or '(none)'}"
+            )
+        return scope
+
+    def _level(self, req: Request) -> int | None:
+        level: int | None = arg(req, "level", int, required=False)
+        if level is not None and not 0 <= level <= 7:
+            raise CommandError("threat level must be 0..7")
+        return level
+
+    async def _submit(self, event: Any, reply: Reply, req: Request) -> None:
+        effects = await self.runner.submit(event)
+        refused = refusal(effects)
+        if refused is not None:
+            raise CommandError(refused)
+        await reply(ok(req.id, **self.runner.status()))
+
+    async def _start(self, req: Request, reply: Reply) -> None:
+        reason = arg(req, "reason", str)
+        if not reason.strip():
+            raise ProtocolError("a lockdown needs a reason")
+        trigger = Trigger("operator", PEER.get(), "control socket", reason.strip())
+        event = StartLockdown(
+            self._scope(req),
+            trigger,
+            self.runner.wall(),
+            level=self._level(req),
+            drill=bool(arg(req, "drill", bool, required=False, default=False)),
+        )
+        await self._submit(event, reply, req)
+
+    async def _trigger(self, req: Request, reply: Reply) -> None:
+        """The entry point for remote and peer-controller triggers (MQTT bridge, peers)."""
+        source = arg(req, "source", str)
+        if source not in ("remote", "peer"):
+            raise ProtocolError("source must be 'remote' or 'peer'")
+        trigger = Trigger(
+            source,
+            arg(req, "who", str),
+            arg(req, "where", str),
+            str(arg(req, "reason", str, required=False, default="")),
+        )
+        event = StartLockdown(
+            self._scope(req),
+            trigger,
+            self.runner.wall(),
+            level=self._level(req),
+            drill=bool(arg(req, "drill", bool, required=False, default=False)),
+        )
+        await self._submit(event, reply, req)
+
+    async def _status(self, req: Request, reply: Reply) -> None:
+        await reply(ok(req.id, **self.runner.status()))
+
+    def _person(self, req: Request, privilege: Privilege) -> tuple[str, bool]:
+        cid = arg(req, "cardholder", int)
+        pin = arg(req, "pin", str)
+        try:
+            holder = self.store.get_cardholder(cid)
+            check = self.store.check_pin(cid, pin)
+        except StoreError as exc:
+            raise CommandError(str(exc)) from None
+        authorised = (
+            check is PinCheck.OK
+            and privilege in holder.privileges
+            and holder.state.value == "active"
+        )
+        return f"#{holder.id} {holder.name} (via {PEER.get()})", authorised
+
+    async def _clear(self, req: Request, reply: Reply) -> None:
+        person, authorised = self._person(req, Privilege.ALL_CLEAR)
+        event = AllClear(self._scope(req), person, authorised, "operator", self.runner.wall())
+        await self._submit(event, reply, req)
+
+    async def _evacuate(self, req: Request, reply: Reply) -> None:
+        reason = arg(req, "reason", str)
+        trigger = Trigger("operator", PEER.get(), "control socket", reason)
+        event = StartEvacuation(
+            self._scope(req),
+            trigger,
+            self.runner.wall(),
+            drill=bool(arg(req, "drill", bool, required=False, default=False)),
+        )
+        await self._submit(event, reply, req)
+
+    async def _end_evacuation(self, req: Request, reply: Reply) -> None:
+        person, authorised = self._person(req, Privilege.ALL_CLEAR)
+        if not authorised:
+            raise CommandError("ending an evacuation needs the all-clear privilege and PIN")
+        await self._submit(EndEvacuation(self._scope(req), person, self.runner.wall()), reply, req)
+
+    async def _threat_level(self, req: Request, reply: Reply) -> None:
+        level = arg(req, "level", int)
+        await self._submit(SetThreatLevel(level, PEER.get(), self.runner.wall()), reply, req)
+
+    async def _fire_reset(self, req: Request, reply: Reply) -> None:
+        event = FireReset(PEER.get(), self.runner.fire_inputs_active(), self.runner.wall())
+        await self._submit(event, reply, req)
+
+    async def _incident_list(self, req: Request, reply: Reply) -> None:
+        from controller.lockdown import report
+
+        entries = await self._entries()
+        items = [report.summary_json(s) for s in report.list_incidents(entries)]
+        await reply(ok(req.id, incidents=items))
+
+    async def _incident_report(self, req: Request, reply: Reply) -> None:
+        from controller.lockdown import report
+
+        incident_id = arg(req, "incident", int)
+        fmt = str(arg(req, "format", str, required=False, default="json"))
+        if fmt not in ("json", "md", "html", "svg"):
+            raise ProtocolError("format must be json, md, html or svg")
+        entries = await self._entries()
+        try:
+            incident = report.build_incident(entries, incident_id)
+        except KeyError as exc:
+            raise CommandError(str(exc.args[0]) if exc.args else "unknown incident") from None
+        text = report.render(incident, fmt)
+        await reply(ok(req.id, incident=incident_id, format=fmt, text=text))
+
+    async def _entries(self) -> list[Any]:
+        await self.journal.flush()
+        out: list[Any] = []
+        after = 0
+        while True:
+            batch = await self.journal.read(after, 10_000, REPORT_KINDS)
+            if not batch:
+                return out
+            out.extend(batch)
+            after = batch[-1].seq
