@@ -350,13 +350,17 @@ class Daemon:
             await reply(ok(req.id, result=result.to_json()))
         elif req.cmd == "events":
             await self._events(req, reply)
-        elif (self.management is not None and await self.management.handle(req, reply)) or (self.lockdown_api is not None and await self.lockdown_api.handle(req, reply)):
-            pass
-        else:
+        elif not await self._dispatch_more(req, reply):
             raise ProtocolError(
                 f"unknown command {req.cmd!r}; expected ping, status, door, events or one of "
                 + ", ".join((*Management.COMMANDS, *LOCKDOWN_COMMANDS))
             )
+
+    async def _dispatch_more(self, req: Request, reply: Reply) -> bool:
+        """Management and lockdown commands; False if ``req`` is none of them."""
+        if self.management is not None and await self.management.handle(req, reply):
+            return True
+        return self.lockdown_api is not None and await self.lockdown_api.handle(req, reply)
 
     def status(self) -> dict[str, Any]:
         """Site status for the API."""
