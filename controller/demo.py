@@ -30,7 +30,8 @@ SIM_SOCKET_NAME = "sim.sock"
 # Demo people: (name, card, PIN, levels, privileges)
 DEMO_PEOPLE: tuple[tuple[str, str, str | None, list[str], list[str]], ...] = (
     ("Dana Staff", "h10301:42:1001", None, ["staff"], []),
-    ("Ira Admin", "h10301:42:1002", "2468", ["staff", "it"], []),
+    ("Ira Admin", "h10301:42:1002", "2468", ["staff", "it"], ["lockdown", "all-clear"]),
+    ("Sam Security", "h10301:42:1003", "1357", ["staff"], ["lockdown", "all-clear"]),
     ("Rhea Responder", "h10301:42:1999", None, [], ["override"]),
 )
 UNKNOWN_CARD = "h10301:42:4242"

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from controller.access.csvio import ImportReport, export_csv, import_csv
+from controller.access.csvio import ImportReport, export_csv, import_csv, parse_validity
 from controller.access.formats import parse_card
 from controller.access.model import Cardholder, CardholderState, Privilege
 from controller.access.service import AccessService
@@ -31,14 +32,21 @@ UPLOAD_CHUNK_MAX = 48 * 1024
 UPLOAD_MAX_BYTES = 512 * 1024 * 1024
 
 
-def _when(value: str | None, name: str) -> datetime | None:
+def _when(value: str | None, name: str, timezone: str, *, end: bool) -> datetime | None:
+    """A validity bound read as the CSV import reads it (``csvio.parse_validity``).
+
+    Without an offset it is local time in the site's zone; a date alone is 00:00 that day, or
+    for ``valid_until`` (``end``) 00:00 the day after: the whole day is included.
+    """
     if value is None:
         return None
     try:
-        moment = datetime.fromisoformat(value)
+        return parse_validity(value, ZoneInfo(timezone), end=end)
     except ValueError:
-        raise ProtocolError(f"'{name}' must be an ISO-8601 date-time (got {value!r})") from None
-    return moment
+        raise ProtocolError(
+            f"'{name}' must be an ISO-8601 date or date-time, e.g. 2026-12-01 or "
+            f"2026-12-01T08:00 (got {value!r})"
+        ) from None
 
 
 def cardholder_json(c: Cardholder) -> dict[str, Any]:
@@ -71,6 +79,7 @@ def credential_json(c: CredentialInfo) -> dict[str, Any]:
 @dataclass
 class _Upload:
     path: Path
+    name: str = "the uploaded file"  # the client's name for it, for messages
     size: int = 0
 
 
@@ -138,8 +147,12 @@ class Management:
                     f"unknown privilege {p!r}; expected {', '.join(x.value for x in Privilege)}"
                 )
         levels = arg(req, "levels", list, required=False, default=[])
-        valid_from = _when(arg(req, "valid_from", str, required=False), "valid_from")
-        valid_until = _when(arg(req, "valid_until", str, required=False), "valid_until")
+        valid_from = _when(
+            arg(req, "valid_from", str, required=False), "valid_from", self.timezone, end=False
+        )
+        valid_until = _when(
+            arg(req, "valid_until", str, required=False), "valid_until", self.timezone, end=True
+        )
 
         def add() -> int:
             cid = self.store.add_cardholder(
@@ -207,8 +220,12 @@ class Management:
             card = parse_card(arg(req, "card", str))
         except ValueError as exc:
             raise ProtocolError(f"bad card: {exc}") from None
-        valid_from = _when(arg(req, "valid_from", str, required=False), "valid_from")
-        valid_until = _when(arg(req, "valid_until", str, required=False), "valid_until")
+        valid_from = _when(
+            arg(req, "valid_from", str, required=False), "valid_from", self.timezone, end=False
+        )
+        valid_until = _when(
+            arg(req, "valid_until", str, required=False), "valid_until", self.timezone, end=True
+        )
         credential_id = await self._run(
             self.store.add_credential,
             cid,
@@ -264,7 +281,8 @@ class Management:
         path = self.upload_dir / f"import-{token}.csv"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
-        self._uploads[token] = _Upload(path)
+        name = arg(req, "name", str, required=False, default="the uploaded file")
+        self._uploads[token] = _Upload(path, name)
         await reply(ok(req.id, upload=token, chunk_max=UPLOAD_CHUNK_MAX))
 
     def _upload(self, req: Request) -> tuple[str, _Upload]:
@@ -314,7 +332,10 @@ class Management:
                     await reply({"progress": done, "total": total})
                 else:
                     getter.cancel()
-            report: ImportReport = job.result()
+            try:
+                report: ImportReport = job.result()
+            except StoreError as exc:  # the file as a whole: name it as the client knows it
+                raise CommandError(str(exc).replace(str(upload.path), upload.name)) from None
         finally:
             with contextlib.suppress(FileNotFoundError):
                 upload.path.unlink()

@@ -7,10 +7,11 @@ Exit status: 0 success, 1 the daemon refused or could not confirm the command, 2
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -45,8 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     door.add_argument("action", choices=["pulse", "lock", "unlock"])
     door.add_argument("name")
     door.add_argument("--duration", type=float, help="pulse length in seconds (pulse only)")
+    door.add_argument(
+        "--override",
+        action="store_true",
+        help="act on a door held by a lockdown (journaled as an override)",
+    )
 
     _management_parsers(sub, common)
+    _lockdown_parsers(sub, common)
 
     events = sub.add_parser("events", help="show journal events", parents=[common])
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
@@ -125,6 +132,137 @@ def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     ins.add_argument("name")
     ins.add_argument("--window", type=float, default=60.0, help="seconds (5..600)")
+
+
+def _lockdown_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """lockdown, threat-level, fire and incident commands."""
+    ld = sub.add_parser("lockdown", help="facility lockdown", parents=[common])
+    lds = ld.add_subparsers(dest="action", metavar="ACTION")
+    lds.required = True
+    start = lds.add_parser("start", help="lock down the site or a zone", parents=[common])
+    start.add_argument("--zone", help="lock down one zone (default: the whole site)")
+    start.add_argument("--level", type=int, help="also set the threat level (0..7)")
+    start.add_argument("--reason", required=True, help="why (journaled)")
+    start.add_argument("--drill", action="store_true", help="a drill: flagged in every event")
+    lds.add_parser("status", help="lockdown state and door verification", parents=[common])
+    for action, text in (
+        ("clear", "one all-clear authorisation (two distinct persons end a lockdown)"),
+        ("end-evacuation", "end an evacuation (all-clear privilege)"),
+    ):
+        p = lds.add_parser(action, help=text, parents=[common])
+        p.add_argument("--cardholder", type=int, required=True, help="your cardholder id")
+        pin = p.add_mutually_exclusive_group()
+        pin.add_argument("--pin-prompt", action="store_true", help="ask for the PIN")
+        pin.add_argument("--pin-stdin", action="store_true", help="read the PIN from stdin")
+        p.add_argument("--zone")
+    ev = lds.add_parser("evacuate", help="release egress routes", parents=[common])
+    ev.add_argument("--zone")
+    ev.add_argument("--reason", required=True)
+    ev.add_argument("--drill", action="store_true")
+
+    tl = sub.add_parser("threat-level", help="site threat level", parents=[common])
+    tls = tl.add_subparsers(dest="action", metavar="ACTION")
+    tls.required = True
+    st = tls.add_parser("set", help="set the threat level 0..7", parents=[common])
+    st.add_argument("level", type=int, choices=range(8), metavar="N")
+
+    fire = sub.add_parser("fire", help="fire alarm", parents=[common])
+    fires = fire.add_subparsers(dest="action", metavar="ACTION")
+    fires.required = True
+    fires.add_parser("reset", help="reset the latched fire alarm", parents=[common])
+
+    inc = sub.add_parser("incident", help="incident timelines", parents=[common])
+    incs = inc.add_subparsers(dest="action", metavar="ACTION")
+    incs.required = True
+    incs.add_parser("list", help="lockdowns and evacuations so far", parents=[common])
+    rep = incs.add_parser("report", help="the timeline of one incident", parents=[common])
+    rep.add_argument("id", type=int)
+    rep.add_argument("--format", choices=["md", "json", "html"], default="md")
+    rep.add_argument("--out", type=Path, help="directory to write the report (and its plot) to")
+
+
+def _lockdown_text(st: dict[str, Any]) -> str:
+    lines = [f"site: {st['mode'].upper()}   threat level {st['threat_level']}"]
+    if st.get("fire"):
+        lines[0] += "   FIRE ALARM (latched)"
+    for name, sc in sorted(st.get("scopes", {}).items()):
+        if sc["mode"] == "normal":
+            continue
+        trig = sc.get("trigger") or {}
+        drill = " DRILL" if sc.get("drill") else ""
+        lines.append(
+            f"  {name}: {sc['mode']}{drill} incident #{sc.get('incident')} by {trig.get('source')}"
+            f" ({trig.get('who')} at {trig.get('where')}): {trig.get('reason')}"
+        )
+        if sc.get("first_clear"):
+            lines.append(f"    all-clear 1 of 2: {sc['first_clear']}")
+    doors = st.get("doors")
+    if doors:
+        lines.append(
+            f"  doors confirmed secure {doors['confirmed']} of {doors['total']}; "
+            f"failed: {', '.join(doors['failed']) or '-'}; "
+            f"propped: {', '.join(doors['propped']) or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def _lockdown(args: argparse.Namespace, client: ControlClient, out: TextIO) -> int:
+    as_json = bool(getattr(args, "json", False))
+    cmd, action = args.command, args.action
+    req: dict[str, Any] = {}
+    if getattr(args, "zone", None):
+        req["scope"] = args.zone
+    if cmd == "lockdown":
+        if action == "start":
+            req["reason"] = args.reason
+            req["drill"] = args.drill
+            if args.level is not None:
+                req["level"] = args.level
+            reply = client.call("lockdown.start", **req)
+        elif action == "status":
+            reply = client.call("lockdown.status")
+        elif action == "evacuate":
+            reply = client.call("lockdown.evacuate", reason=args.reason, drill=args.drill, **req)
+        else:
+            pin = _read_pin(args)
+            if pin is None:
+                raise _Usage("give the PIN with --pin-prompt or --pin-stdin")
+            reply = client.call(f"lockdown.{action}", cardholder=args.cardholder, pin=pin, **req)
+    elif cmd == "threat-level":
+        reply = client.call("threat-level.set", level=args.level)
+    elif cmd == "fire":
+        reply = client.call("fire.reset")
+    else:
+        return _incident(args, client, out)
+    reply.pop("ok", None)
+    _emit(out, as_json, reply, _lockdown_text(reply))
+    return 0
+
+
+def _incident(args: argparse.Namespace, client: ControlClient, out: TextIO) -> int:
+    as_json = bool(getattr(args, "json", False))
+    if args.action == "list":
+        rows = client.call("incident.list")["incidents"]
+        cols = ["id", "scope", "kind", "drill", "started", "ended", "trigger"]
+        _emit(out, as_json, rows, _table(rows, [*cols, "time_to_full_lockdown_s"]))
+        return 0
+    fmt = args.format
+    reply = client.call("incident.report", incident=args.id, format=fmt)
+    text = str(reply["text"])
+    if args.out is None:
+        out.write(text if text.endswith("\n") else text + "\n")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"incident-{args.id}.{fmt}"
+    path.write_text(text, encoding="utf-8")
+    written = [path]
+    if fmt == "html":
+        svg = client.call("incident.report", incident=args.id, format="svg")["text"]
+        plot = args.out / f"incident-{args.id}.svg"
+        plot.write_text(str(svg), encoding="utf-8")
+        written.append(plot)
+    out.write("".join(f"wrote {p}\n" for p in written))
+    return 0
 
 
 def _read_pin(args: argparse.Namespace) -> str | None:
@@ -237,9 +375,7 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             return _import(args.file, client, out, as_json)
         elif action == "export":
             chunks = []
-            for msg in client.stream("credential.export"):
-                if msg.get("done"):
-                    break
+            for msg in _until_done(client.stream("credential.export"), "export"):
                 chunks.append(str(msg.get("data", "")))
             text = "".join(chunks)
             if args.file is None:
@@ -260,7 +396,8 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             _emit(out, as_json, {"removed": args.name}, f"access level {args.name} removed")
         else:
             client.call(f"access-level.{action}", cardholder=args.cardholder, name=args.name)
-            _emit(out, as_json, {"ok": True}, f"{action}ed {args.name} for {args.cardholder}")
+            done = {"grant": "granted", "revoke": "revoked"}[action]
+            _emit(out, as_json, {"ok": True}, f"{done} {args.name} for {args.cardholder}")
         return 0
     if cmd == "reader":
         if action == "install":
@@ -293,13 +430,18 @@ def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> in
         raise _Usage(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
         raise _Usage(f"{path} is not UTF-8 (byte {exc.start})") from None
-    upload = client.call("credential.import.begin")
+    upload = client.call("credential.import.begin", name=str(path))
     token, chunk = upload["upload"], int(upload["chunk_max"])
-    for start in range(0, len(data), chunk):
-        client.call("credential.import.chunk", upload=token, data=data[start : start + chunk])
+    try:
+        for piece in _pieces(data, chunk):
+            client.call("credential.import.chunk", upload=token, data=piece)
+    except CommandError:
+        with contextlib.suppress(CommandError, DaemonNotRunningError, OSError, ValueError):
+            client.call("credential.import.abort", upload=token)  # no orphaned upload
+        raise
     tty = sys.stderr.isatty()
     report: dict[str, Any] = {}
-    for msg in client.stream("credential.import.commit", upload=token):
+    for msg in _until_done(client.stream("credential.import.commit", upload=token), "import"):
         if "progress" in msg and tty:
             done, total = int(msg["progress"]), max(1, int(msg["total"]))
             bar = "#" * (30 * done // total)
@@ -307,7 +449,6 @@ def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> in
             sys.stderr.flush()
         if msg.get("done"):
             report = msg
-            break
     if tty:
         sys.stderr.write("\n")
     if as_json:
@@ -325,6 +466,40 @@ def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> in
         for r in report.get("rejected", []):
             out.write(f"{path}:{r['line']}: {r['reason']}\n")
     return 0 if report.get("committed") else EXIT_FAILED
+
+
+def _pieces(data: str, limit: int) -> Iterator[str]:
+    """``data`` cut into pieces whose JSON encoding is at most ``limit`` bytes.
+
+    The request line is limited in bytes, and JSON escapes a non-ASCII character as up to 12
+    bytes (a quote as 2): a piece of ``limit`` characters may be far longer on the wire.
+    """
+    start = 0
+    while start < len(data):
+        size = min(limit, len(data) - start)
+        while True:
+            piece = data[start : start + size]
+            encoded = len(json.dumps(piece))
+            if encoded <= limit or size == 1:
+                break
+            size = max(1, size * limit // encoded)
+        yield piece
+        start += size
+
+
+def _until_done(messages: Iterator[dict[str, Any]], what: str) -> Iterator[dict[str, Any]]:
+    """The lines of a stream up to its ``done`` line (included).
+
+    An error line ends the stream with CommandError (the daemon stays on the connection, so
+    waiting for more would hang); a stream that ends without ``done`` lost the daemon.
+    """
+    for msg in messages:
+        if msg.get("ok") is False:
+            raise CommandError(str(msg.get("error", f"{what} failed")))
+        yield msg
+        if msg.get("done"):
+            return
+    raise DaemonNotRunningError(f"the daemon closed the connection before the {what} ended")
 
 
 def _socket(args: argparse.Namespace) -> Path:
@@ -346,8 +521,17 @@ def format_event(e: dict[str, Any]) -> str:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """The status table."""
-    lines = [
+    """The status table, with the site's lockdown state first and prominent."""
+    lines = []
+    ld = status.get("lockdown")
+    if ld:
+        banner = _lockdown_text(ld)
+        if ld["mode"] != "normal" or ld.get("fire") or len(banner.splitlines()) > 1:
+            width = max(len(x) for x in banner.splitlines()) + 4
+            lines += ["#" * width, *(f"# {x}" for x in banner.splitlines()), "#" * width, ""]
+        else:
+            lines += [banner, ""]
+    lines += [
         f"controller {status.get('controller')}  version {status.get('version')}  "
         f"uptime {status.get('uptime_s')}s  journal #{status.get('journal_seq')}",
         "",
@@ -433,6 +617,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             req: dict[str, Any] = {"action": args.action, "door": args.name}
             if args.duration is not None:
                 req["duration_s"] = args.duration
+            if args.override:
+                req["override"] = True
             result = client.call("door", **req)["result"]
             if as_json:
                 out.write(json.dumps(result) + "\n")
@@ -446,6 +632,8 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
             return 0 if result["confirmed"] else EXIT_FAILED
         if args.command in ("cardholder", "credential", "access-level", "reader"):
             return _management(args, client, out)
+        if args.command in ("lockdown", "threat-level", "fire", "incident"):
+            return _lockdown(args, client, out)
         if args.command == "events":
             if not 1 <= args.limit <= 10_000:
                 raise _Usage("--limit must be between 1 and 10000")

@@ -1790,8 +1790,86 @@ def valid_documents(draw: st.DrawFn) -> Doc:
         maybe(door, "rex_pulse_s", positive_s)
         maybe(door, "held_open_s", st.floats(min_value=0, max_value=86_400, exclude_min=True))
         maybe(door, "rex_unlocks", st.booleans())
+        maybe(door, "mode", st.sampled_from([m.value for m in DoorMode]))
         doors.append(door)
-    return {"controller": controller, "boards": boards, "doors": doors}
+    doc: Doc = {"controller": controller, "boards": boards, "doors": doors}
+    if draw(st.booleans()):
+        doc |= draw(access_sections(door_names))
+        schedule_names = [schedule["name"] for schedule in doc["schedules"]]
+        for door in doors:
+            if draw(st.booleans()) and schedule_names:
+                door["free_schedule"] = draw(st.sampled_from(schedule_names))
+    return doc
+
+
+intervals = st.builds(
+    lambda days, times: (
+        f"{days} {times[0] // 60:02d}:{times[0] % 60:02d}-{times[1] // 60:02d}:{times[1] % 60:02d}"
+    ),
+    st.sampled_from(["mon-fri", "sat,sun", "fri-mon", "daily", "holiday", "wed,holiday"]),
+    st.lists(st.integers(0, 1440), min_size=2, max_size=2, unique=True).map(sorted),
+)
+
+
+@st.composite
+def access_sections(draw: st.DrawFn, doors: list[str]) -> Doc:
+    """Valid [access], [[schedules]], [[zones]], [[interlocks]], [[reader_buses]], [[readers]]."""
+
+    def maybe(table: Doc, key: str, strategy: st.SearchStrategy[Any]) -> None:
+        if draw(st.booleans()):
+            table[key] = draw(strategy)
+
+    access: Doc = {}
+    maybe(access, "timezone", st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata"]))
+    maybe(access, "credentials_db", st.from_regex(r"/var/[a-z0-9_./-]{1,30}", fullmatch=True))
+    maybe(access, "pin_timeout_s", st.floats(min_value=0, max_value=120, exclude_min=True))
+    maybe(access, "throttle_denials", st.integers(1, 1000))
+    maybe(access, "duress", st.sampled_from(["off", "last-digit-plus-one"]))
+    maybe(access, "holidays", st.lists(st.dates(), max_size=3))
+    schedules = [
+        {"name": name, "intervals": draw(st.lists(intervals, min_size=1, max_size=3))}
+        for name in draw(st.lists(names, max_size=2, unique=True))
+    ]
+    zones = [
+        {"name": name, "anti_passback": draw(st.sampled_from(["off", "soft", "hard"]))}
+        for name in draw(st.lists(names, max_size=2, unique=True))
+    ]
+    interlocks = []
+    if len(doors) >= 2 and draw(st.booleans()):
+        group = draw(st.lists(st.sampled_from(doors), min_size=2, max_size=3, unique=True))
+        interlocks.append({"name": "mantrap", "doors": group})
+    buses: list[Doc] = []
+    readers: list[Doc] = []
+    for n, driver in enumerate(draw(st.lists(st.sampled_from(["osdp", "serial"]), max_size=3))):
+        bus: Doc = {"name": f"bus-{n}", "driver": driver, "device": f"/dev/ttyUSB{n}"}
+        if driver == "serial":
+            maybe(bus, "framing", st.sampled_from(["auto", "wiegand-hex", "decimal"]))
+            addresses = [0]
+        else:
+            maybe(bus, "baudrate", st.sampled_from([9600, 38400, 115200]))
+            addresses = draw(st.lists(st.integers(0, 126), max_size=3, unique=True))
+        buses.append(bus)
+        for address in addresses:
+            reader: Doc = {
+                "name": f"reader-{len(readers)}",
+                "bus": bus["name"],
+                "door": draw(st.sampled_from(doors)),
+                "direction": draw(st.sampled_from(["in", "out"])),
+                "address": address,
+            }
+            if driver == "osdp" and draw(st.booleans()):
+                reader["secure_channel"] = False
+            else:
+                reader["key_file"] = f"/etc/warding/keys/{reader['name']}.scbk"
+            readers.append(reader)
+    return {
+        "access": access,
+        "schedules": schedules,
+        "zones": zones,
+        "interlocks": interlocks,
+        "reader_buses": buses,
+        "readers": readers,
+    }
 
 
 @FUZZ
