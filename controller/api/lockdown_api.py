@@ -8,6 +8,7 @@ against the credential store and the cardholder's privileges.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -160,11 +161,13 @@ class LockdownApi:
             and privilege in holder.privileges
             and holder.state.value == "active"
         )
-        return f"#{holder.id} {holder.name} (via {PEER.get()})", authorised
+        # the person is the cardholder alone: two wardctl calls by one person are one person
+        return f"#{holder.id} {holder.name}", authorised
 
     async def _clear(self, req: Request, reply: Reply) -> None:
         person, authorised = self._person(req, Privilege.ALL_CLEAR)
-        event = AllClear(self._scope(req), person, authorised, "operator", self.runner.wall())
+        via = f"operator {PEER.get()}"
+        event = AllClear(self._scope(req), person, authorised, via, self.runner.wall())
         await self._submit(event, reply, req)
 
     async def _evacuate(self, req: Request, reply: Reply) -> None:
@@ -196,7 +199,7 @@ class LockdownApi:
         from controller.lockdown import report
 
         entries = await self._entries()
-        items = [report.summary_json(s) for s in report.list_incidents(entries)]
+        items = [_summary_json(s) for s in report.list_incidents(entries)]
         await reply(ok(req.id, incidents=items))
 
     async def _incident_report(self, req: Request, reply: Reply) -> None:
@@ -211,7 +214,13 @@ class LockdownApi:
             incident = report.build_incident(entries, incident_id)
         except KeyError as exc:
             raise CommandError(str(exc.args[0]) if exc.args else "unknown incident") from None
-        text = report.render(incident, fmt)
+        renderers = {
+            "json": report.render_json,
+            "md": report.render_markdown,
+            "html": report.render_html,
+            "svg": report.render_svg_plot,
+        }
+        text = renderers[fmt](incident)
         await reply(ok(req.id, incident=incident_id, format=fmt, text=text))
 
     async def _entries(self) -> list[Any]:
@@ -224,3 +233,12 @@ class LockdownApi:
                 return out
             out.extend(batch)
             after = batch[-1].seq
+
+
+def _summary_json(summary: Any) -> dict[str, Any]:
+    """JSON row of an incident summary."""
+    data = dataclasses.asdict(summary)
+    trigger = data.get("trigger")
+    if isinstance(trigger, dict):
+        data["trigger"] = f"{trigger.get('source')}: {trigger.get('who')} at {trigger.get('where')}"
+    return {k: v for k, v in data.items() if not isinstance(v, list | tuple) or len(v) < 50}

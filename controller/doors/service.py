@@ -315,6 +315,7 @@ class DoorService:
             self.door(name)
             doors.append(self._doors[name])
         now = self._clock()
+        refusals = [d.state.secured and not override and action != "lock" for d in doors]
         for door in doors:
             self._record(
                 "door.command",
@@ -325,7 +326,15 @@ class DoorService:
                 **({"override": True} if override else {}),
             )
             self._apply(door, Command(action, now, duration_s, override))
-        return list(await asyncio.gather(*(self._confirm(d, action) for d in doors)))
+        results = list(await asyncio.gather(*(self._confirm(d, action) for d in doors)))
+        return [
+            CommandResult(
+                r.door, r.action, False, r.phase, "held by a lockdown (an override is needed)"
+            )
+            if refused
+            else r
+            for r, refused in zip(results, refusals, strict=True)
+        ]
 
     async def _confirm(self, door: _Door, action: str) -> CommandResult:
         fut = door.outcome

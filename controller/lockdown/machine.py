@@ -103,8 +103,15 @@ def _start(
     del window
     effects: list[Effect] = []
     if st.mode in HELD:
-        # already locked down: record the additional trigger; it cancels a pending all-clear
-        new = replace(st, mode=Mode.LOCKDOWN, first_clear=None, clear_deadline=None)
+        # already locked down: record the additional trigger; it cancels a pending all-clear;
+        # a real trigger during a drill makes the incident real
+        new = replace(
+            st,
+            mode=Mode.LOCKDOWN,
+            first_clear=None,
+            clear_deadline=None,
+            drill=st.drill and ev.drill,
+        )
         effects.append(Record("lockdown.trigger", _trigger_data(new, ev, again=True)))
         if st.mode is Mode.ALL_CLEAR_PENDING:
             state, more = _enter(state, ev.scope, st, new, reason="new trigger")
@@ -123,10 +130,22 @@ def _start(
         effects.append(Record("lockdown.trigger", _trigger_data(new, ev)))
         state, more = _enter(state, ev.scope, st, new)
         effects += more
-    if ev.level is not None and ev.level != state.threat_level:
+    if ev.level is not None and not 0 <= ev.level <= 7:
+        # never refuse a lockdown over a bad level: lock down, keep the level, journal why
+        reason = f"threat level must be 0..7 (got {ev.level})"
+        effects.append(
+            Record("lockdown.refused", _data(new, ev.scope, event="StartLockdown", reason=reason))
+        )
+    elif ev.level is not None and ev.level != state.threat_level:
         effects.append(
             Record(
-                "threat.level", {"from": state.threat_level, "to": ev.level, "who": ev.trigger.who}
+                "threat.level",
+                {
+                    **_data(new, ev.scope),
+                    "from": state.threat_level,
+                    "to": ev.level,
+                    "who": ev.trigger.who,
+                },
             )
         )
         state = replace(state, threat_level=ev.level)
@@ -154,6 +173,9 @@ def _evacuate(
 ) -> tuple[SiteState, list[Effect]]:
     del window
     if st.mode is Mode.EVACUATION:
+        if st.drill and not ev.drill:  # a real trigger during a drill makes the incident real
+            st = replace(st, drill=False)
+            state = state.with_scope(ev.scope, st)
         return state, [
             Record(
                 "lockdown.trigger",

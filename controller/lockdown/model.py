@@ -105,6 +105,13 @@ class SiteState:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> SiteState:
         """Inverse of ``to_json``; raise ValueError/KeyError/TypeError on a damaged document."""
+        try:
+            return cls._from_json(obj)
+        except (AttributeError, OverflowError) as exc:  # a list for an object, 1e999 for an int
+            raise ValueError(f"damaged lockdown state: {exc}") from exc
+
+    @classmethod
+    def _from_json(cls, obj: dict[str, Any]) -> SiteState:
         scopes = []
         for name, raw in dict(obj.get("scopes", {})).items():
             trig = raw.get("trigger")
@@ -124,8 +131,10 @@ class SiteState:
                             str(trig.get("reason", "")),
                         ),
                         since=float(raw.get("since", 0.0)),
-                        first_clear=raw.get("first_clear"),
-                        clear_deadline=raw.get("clear_deadline"),
+                        first_clear=_opt_str(raw.get("first_clear")),
+                        clear_deadline=None
+                        if raw.get("clear_deadline") is None
+                        else float(raw["clear_deadline"]),
                     ),
                 )
             )
@@ -138,6 +147,12 @@ class SiteState:
             fire=bool(obj.get("fire", False)),
             next_incident=int(obj.get("next_incident", 1)),
         )
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"expected a string or null, got {type(value).__name__}")
 
 
 def _replace(state: SiteState, **changes: Any) -> SiteState:

@@ -815,7 +815,10 @@ def _summary_rows(inc: Incident) -> list[tuple[str, str]]:
         if t
         else "no trigger journaled"
     )
-    secured = sum(1 for d in inc.doors if d.secured_s is not None)
+    if inc.doors:
+        secured = sum(1 for d in inc.doors if d.secured_s is not None)
+    else:  # no per-door records: the best status count
+        secured = max((p[1] for p in inc.secured_over_time), default=0)
     return [
         ("Incident", str(inc.id)),
         ("Type", inc.kind + (" - DRILL" if inc.drill else "")),
@@ -827,7 +830,7 @@ def _summary_rows(inc: Incident) -> list[tuple[str, str]]:
         ("Ended", _ended_text(inc)),
         ("Duration", _DASH if inc.duration_s is None else f"{inc.duration_s:.3f} s"),
         ("Doors in scope", str(inc.doors_total)),
-        ("Doors confirmed secure", f"{secured} of {inc.doors_total}"),
+        ("Doors ever confirmed secure", f"{secured} of {inc.doors_total}"),
         ("Time to full lockdown", _ttfl_text(inc)),
         ("Failed doors", ", ".join(inc.failed_doors) or "none"),
         ("Propped doors", ", ".join(inc.propped_doors) or "none"),

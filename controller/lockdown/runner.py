@@ -35,7 +35,7 @@ from typing import Any
 
 import structlog
 
-from controller.doors.machine import Contact, Fault
+from controller.doors.machine import Contact, Fault, Intent
 from controller.doors.service import DoorService, Recorder
 from controller.lockdown.machine import door_mode_for_level, step
 from controller.lockdown.model import (
@@ -315,6 +315,8 @@ class LockdownRunner:
             if st.faults:
                 status = "failed"
                 failed.append(name)
+            elif st.intent is not Intent.LOCKED:
+                status = "override"  # a responder's override entry is in progress
             elif st.contact is Contact.OPEN:
                 status = "propped"
                 propped.append(name)
@@ -327,7 +329,7 @@ class LockdownRunner:
                     drifted.append(name)
             if status != check.status:
                 detail = st.fault_detail if status == "failed" else ""
-                if check.status == "secured" and status != "secured":
+                if check.status == "secured" and status not in ("secured", "override"):
                     self.recorder.record(
                         "lockdown.door", door=name, status="drift", detail=status, **incident
                     )

@@ -64,8 +64,21 @@ door = "{DOOR}"
 
 # Secrets used in this module: none may ever show up in wardctl output or in the journal.
 PIN = "73915284"
+EVE_PIN = "58203716"
 ADA_CARD = "h10301:12:34567"
-SECRETS = (PIN, "34567", "12:345", "04:5e:6f:7a", "045e6f7a", "c0ffee", "number:123")
+SECRETS = (
+    PIN,
+    EVE_PIN,
+    "34567",
+    "9001",
+    "9002",
+    "9003",
+    "12:345",
+    "04:5e:6f:7a",
+    "045e6f7a",
+    "c0ffee",
+    "number:123",
+)
 
 
 @dataclass
@@ -90,9 +103,9 @@ class Rig:
         assert res.rc == 0, f"wardctl {' '.join(args)}: {res}"
         return res
 
-    async def json(self, *args: str) -> Any:
+    async def json(self, *args: str, stdin: str | None = None) -> Any:
         """Run ``wardctl ARGS --json``; the parsed output."""
-        return json.loads((await self.ok(*args, "--json")).stdout)
+        return json.loads((await self.ok(*args, "--json", stdin=stdin)).stdout)
 
     async def refused(self, *args: str, rc: int = 1) -> str:
         """Run wardctl; it must fail with ``rc`` and one ``wardctl:`` line; return that line."""
@@ -134,9 +147,9 @@ class Rig:
         """Present ``card``; the decision's reason."""
         return str((await self.present(card))["reason"])
 
-    async def add_holder(self, name: str, *extra: str) -> int:
+    async def add_holder(self, name: str, *extra: str, stdin: str | None = None) -> int:
         """``cardholder add NAME EXTRA --json``; the new id."""
-        return int((await self.json("cardholder", "add", name, *extra))["id"])
+        return int((await self.json("cardholder", "add", name, *extra, stdin=stdin))["id"])
 
     async def export_rows(self) -> list[list[str]]:
         """``credential export`` to stdout, parsed (header first)."""
@@ -588,38 +601,47 @@ async def test_import_refuses_a_file_it_cannot_read_as_a_whole(rig: Rig) -> None
     assert len(await rig.export_rows()) == before
 
 
-async def test_export_has_a_header_masked_cards_and_every_cardholder(rig: Rig) -> None:
+async def test_export_has_a_header_masked_cards_and_a_row_per_credential(rig: Rig) -> None:
+    eve = await rig.add_holder(
+        "Eve Export",
+        *("--pin-stdin", "--privilege", "lockdown", "--level", "front", "--level", "side"),
+        stdin=f"{EVE_PIN}\n",
+    )
+    wiegand = await rig.json("credential", "add", str(eve), "h10301:90:9001")
+    uid = await rig.json("credential", "add", str(eve), "uid:04:90:90:90:01")
+    await rig.ok("credential", "revoke", str(uid["id"]))
+    lone = await rig.add_holder("Lone Nocard")
+
     path = rig.directory / "out" / "people-export.csv"
     path.parent.mkdir()
     res = await rig.ok("credential", "export", str(path))
     assert res.stdout == ""
     text = path.read_text(encoding="utf-8")
-    assert text == (await rig.ok("credential", "export")).stdout
-    rows = list(csv.DictReader(io.StringIO(text)))
+    assert text == (await rig.ok("credential", "export")).stdout  # the same on stdout
     assert text.splitlines()[0] == ",".join(EXPORT_COLUMNS)
-    holders = await rig.json("cardholder", "list", "--limit", "100000")
-    assert {int(r["cardholder_id"]) for r in rows} == {h["id"] for h in holders}
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert len(rows) == len(text.splitlines()) - 1
     for r in rows:
         assert r["card_masked"] == "" or "*" in r["card_masked"] or "…" in r["card_masked"], r
-    assert [r["card_masked"] for r in rows if r["name"] == "Мария Иванова-Ørsted, 4999"] == [
-        "h10301:77:***99"
+    # every cardholder, once per credential (or once without any)
+    holders = await rig.json("cardholder", "list", "--limit", "100000")
+    assert {int(r["cardholder_id"]) for r in rows} == {h["id"] for h in holders}
+    pairs = [(r["cardholder_id"], r["credential_id"]) for r in rows]
+    assert len(set(pairs)) == len(rows)
+    assert [r["card_masked"] for r in rows if r["cardholder_id"] == str(lone)] == [""]
+    mine = [r for r in rows if r["cardholder_id"] == str(eve)]
+    assert [(r["name"], r["pin"], r["privileges"], r["levels"], r["state"]) for r in mine] == [
+        ("Eve Export", "yes", "lockdown", "front;side", "active")
+    ] * 2
+    assert [(int(r["credential_id"]), r["card_masked"], r["card_state"]) for r in mine] == [
+        (wiegand["id"], "h10301:90:***01", "active"),
+        (uid["id"], "uid:04…01", "revoked"),
     ]
-    bob = next(h for h in holders if h["name"] == "Bob Syntax")
-    shown = await rig.json("cardholder", "show", str(bob["id"]))
-    assert [
-        (int(r["credential_id"]), r["card_masked"], r["card_state"])
-        for r in rows
-        if int(r["cardholder_id"]) == bob["id"]
-    ] == [(c["id"], c["card"], c["state"]) for c in shown["credentials"]]
-    ada = next(r for r in rows if r["name"] == "Ada Lovelace")
-    assert (ada["pin"], ada["privileges"], ada["levels"]) == ("yes", "all-clear;override", "front")
-    assert not [r for r in rows if r["name"] == "Mallory"]  # refused adds left nothing
-    # a cardholder without a card still has a row, with empty card fields
-    lone = await rig.add_holder("Lone Nocard")
-    rows = list(csv.DictReader(io.StringIO((await rig.ok("credential", "export")).stdout)))
-    assert [
-        (r["credential_id"], r["card_masked"]) for r in rows if r["cardholder_id"] == str(lone)
-    ] == [("", "")]
+    # one more card: one more row; the first card of a cardholder replaces the empty row
+    await rig.ok("credential", "add", str(eve), "h10301:90:9003")
+    assert len(await rig.export_rows()) == 1 + len(rows) + 1
+    await rig.ok("credential", "add", str(lone), "h10301:90:9002")
+    assert len(await rig.export_rows()) == 1 + len(rows) + 1
 
 
 # -- no daemon, no secrets -------------------------------------------------------------------

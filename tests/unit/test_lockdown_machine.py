@@ -19,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from controller.lockdown import machine
 from controller.lockdown.machine import TABLE, door_mode_for_level, step
 from controller.lockdown.model import (
     HELD,
@@ -203,10 +202,14 @@ def test_table_pair(mode: Mode, kind: type, scope: str) -> None:
         assert after.next_incident == before.next_incident
     if incident == SAME:
         assert new.incident == old.incident == 1
-        assert new.drill is True
         assert new.trigger == PANIC  # a second trigger is recorded but does not replace the first
+        # a real (non-drill) trigger makes a drill incident real; nothing else changes the flag
+        retrigger = kind in (StartLockdown, StartEvacuation) and "refused" not in want_effects
+        assert new.drill is not retrigger
     if incident == NONE:
-        assert new == ScopeState(mode=Mode.NORMAL, since=40.0) or new == old == ScopeState()
+        assert new in (ScopeState(), ScopeState(mode=Mode.NORMAL, since=40.0))
+        if scope != SITE:
+            assert new == ScopeState()
     if scope != SITE and want_mode is Mode.NORMAL:
         assert all(name != scope for name, _ in after.scopes)  # NORMAL zones are dropped
     # every record names the scope; a mode change has exactly one lockdown.state record
@@ -279,7 +282,12 @@ def test_evacuation_superseded_by_lockdown() -> None:
     state = in_mode(Mode.EVACUATION, "north", drill=True, now=10.0)
     state, effects = run(state, StartLockdown("north", OPERATOR, 25.0))
     (end,) = records(effects, "lockdown.end")
-    assert (end["incident"], end["drill"], end["how"], end["by"]) == (1, True, "superseded", ["olga"])
+    assert (end["incident"], end["drill"], end["how"], end["by"]) == (
+        1,
+        True,
+        "superseded",
+        ["olga"],
+    )
     assert end["duration_s"] == 15.0
     new = state.scope("north")
     assert (new.mode, new.incident, new.drill, new.trigger) == (Mode.LOCKDOWN, 2, False, OPERATOR)
@@ -293,12 +301,15 @@ def test_evacuation_superseded_by_lockdown() -> None:
 @pytest.mark.parametrize("scope", SCOPES)
 def test_one_person_never_clears(scope: str) -> None:
     state = in_mode(Mode.LOCKDOWN, scope)
+    refusals = 0
     for t in range(20, 400, 10):
         state, effects = run(state, AllClear(scope, "ann", True, "card", float(t)))
         assert state.held(scope)
-        if state.scope(scope).first_clear == "ann" and "lockdown.allclear" not in kinds(effects):
-            assert kinds(effects) == ["lockdown.refused", "refused"]
+        assert "lockdown.end" not in kinds(effects)
+        if "refused" in kinds(effects):
+            refusals += 1
             assert "different person" in records(effects)[0]["reason"]
+    assert refusals > 20
 
 
 @pytest.mark.parametrize("mode", [Mode.LOCKDOWN, Mode.ALL_CLEAR_PENDING])
@@ -537,6 +548,17 @@ def test_start_lockdown_with_level() -> None:
     assert kinds(effects) == ["lockdown.trigger"]
 
 
+@pytest.mark.parametrize("level", [-1, 8, 99])
+def test_start_lockdown_with_a_bad_level_still_locks_down(level: int) -> None:
+    before = replace(SiteState(), threat_level=2)
+    state, effects = run(before, StartLockdown(SITE, PANIC, 1.0, level=level))
+    assert state.held("north")
+    assert state.threat_level == 2  # the bad level is not applied ...
+    assert kinds(effects) == ["lockdown.trigger", "lockdown.state", "apply", "lockdown.refused"]
+    assert "0..7" in records(effects, "lockdown.refused")[0]["reason"]
+    assert SiteState.from_json(state.to_json()) == state  # ... so a restart can load it
+
+
 # --------------------------------------------------------------------------- Tick
 
 
@@ -588,7 +610,6 @@ def test_auto_revert_when_configured() -> None:
 def test_auto_revert_only_ends_lockdown(mode: Mode) -> None:
     state = in_mode(mode, SITE, now=0.0)
     if mode is Mode.ALL_CLEAR_PENDING:  # keep the window open: only auto-revert could act
-        state, _ = run(state, AllClear(SITE, "bob", False, "card", 1.0))
         state = replace(
             state, scopes=((SITE, replace(state.scope(SITE), clear_deadline=math.inf)),)
         )
@@ -635,8 +656,6 @@ def test_missing_pair_goes_to_lockdown(
     else:
         assert sc.incident == 1
         assert after.next_incident == before.next_incident
-    # and the pair is restored for the next test: monkeypatch undoes the deletion
-    assert (mode, kind) not in machine.TABLE
 
 
 def test_missing_pair_then_one_person_still_cannot_clear(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -700,8 +719,7 @@ def steps(draw: st.DrawFn) -> Step:
     level = draw(st.one_of(st.none(), st.integers(-1, 8)))
     auto = draw(st.sampled_from([0.0, 0.0, 300.0]))
     if kind == 0:
-        lv = None if level is None else max(0, min(7, level))
-        return _step(dt, lambda t: StartLockdown(scope, trigger, t, level=lv, drill=flag))
+        return _step(dt, lambda t: StartLockdown(scope, trigger, t, level=level, drill=flag))
     if kind == 1:
         return _step(dt, lambda t: StartEvacuation(scope, trigger, t, drill=flag))
     if kind in (2, 3):
@@ -815,9 +833,7 @@ def assert_changes_recorded(before: SiteState, after: SiteState, effects: list[E
             ), (name, old, new, kinds(effects))
     if before.threat_level != after.threat_level:
         changed = True
-        assert any(
-            r.kind == "threat.level" and r.data["to"] == after.threat_level for r in recs
-        )
+        assert any(r.kind == "threat.level" and r.data["to"] == after.threat_level for r in recs)
     if before.fire != after.fire:
         changed = True
         kind = "fire.alarm" if after.fire else "fire.reset"
@@ -875,7 +891,9 @@ JSON = st.recursive(
     | st.floats()
     | st.text(max_size=5)
     | st.sampled_from(["lockdown", "normal", "all-clear-pending", "evacuation", "site"]),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -978,7 +996,7 @@ def test_from_json_damaged_documents(data: st.DataObject) -> None:
         {"threat_level": float("inf")},
         {"next_incident": float("inf")},
         {"next_incident": None},
-        {"next_incident": 10**400 * 1.0 if False else "x"},
+        {"next_incident": "x"},
     ],
 )
 def test_from_json_rejects_damage(doc: Any) -> None:

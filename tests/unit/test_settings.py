@@ -164,6 +164,14 @@ def test_examples_cover_readers_schedules_zones_and_interlocks() -> None:
     pytest.fail("no example site with readers, schedules, anti-passback and an interlock")
 
 
+def test_the_annotated_example_in_the_docs_is_valid() -> None:
+    text = (ROOT / "docs" / "config.md").read_text("utf-8")
+    example = text.split("## Annotated example", 1)[1].split("```toml\n", 1)[1].split("```")[0]
+    site = parse_toml(example, "docs/config.md")
+    assert site.readers
+    assert site.schedules
+
+
 def test_defaults_apply() -> None:
     doc = {
         "controller": {"id": "c1"},
