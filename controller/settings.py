@@ -735,7 +735,11 @@ def _describe(err: Mapping[str, Any]) -> str:
     if kind == "socket_path_too_long":
         return str(err.get("msg"))
     if kind == "union_tag_invalid":
-        msg = f"expected {_tags(err['loc'], ctx)} (got {_shown(ctx.get('tag'))})"
+        # pydantic's ctx has the tag as text ('5' for 5): show the value as written
+        found = err.get("input")
+        field = _union_at(err["loc"], ctx)[0]
+        tag = found[field] if isinstance(found, Mapping) and field in found else ctx.get("tag")
+        msg = f"expected {_tags(err['loc'], ctx)} (got {_shown(tag)})"
         show_input = False
     elif kind == "string_pattern_mismatch":
         msg = "expected a name: 1-63 of a-z 0-9 '-' '_' '.', starting with a letter or digit"

@@ -29,24 +29,8 @@ from controller.lockdown.model import (
     StartLockdown,
     Trigger,
 )
+from controller.lockdown.report import REPORT_KINDS  # the report's own list: all it reads
 from controller.lockdown.runner import LockdownRunner, refusal
-
-REPORT_KINDS = frozenset(
-    {
-        "lockdown.trigger",
-        "lockdown.state",
-        "lockdown.door",
-        "lockdown.status",
-        "lockdown.override",
-        "lockdown.allclear",
-        "lockdown.end",
-        "lockdown.refused",
-        "lockdown.restored",
-        "fire.alarm",
-        "fire.reset",
-        "threat.level",
-    }
-)
 
 COMMANDS = (
     "lockdown.start",

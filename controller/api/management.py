@@ -95,6 +95,13 @@ class Management:
     install: Callable[[str, float], None] | None = None
     _uploads: dict[str, _Upload] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # an upload of an earlier run (a client that went away, a crash) holds card numbers
+        # and PINs in clear, and its token is gone with that run: never keep one
+        for stale in self.upload_dir.glob("import-*.csv"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
     COMMANDS = (
         "cardholder.add",
         "cardholder.list",

@@ -14,8 +14,9 @@ given when it has not ended (ongoing). Entries without an incident field are tak
 report when their ``seq`` is inside the span: ``fire.alarm``, ``fire.reset``,
 ``threat.level``, other ``lockdown.*`` kinds (refusals without an incident, inputs, alarms;
 those naming another scope are left out), and ``access.decision`` entries with reason
-``granted-override`` or ``denied-lockdown`` (for a zone incident, only at the doors its
-``lockdown.door`` / ``lockdown.status`` records name, when it has any).
+``granted-override`` or ``denied-lockdown`` and ``door.command`` entries with ``override``
+(an operator's ``wardctl door ... --override``); for a zone incident these two only at the
+doors its ``lockdown.door`` / ``lockdown.status`` records name, when it has any.
 
 Times. ``t = 0`` is the first ``lockdown.trigger`` of the incident that is not ``again`` (the
 first member when no trigger was journaled). Every relative time is ``ts - t0`` in seconds,
@@ -33,7 +34,8 @@ status whose (confirmed, total) differs from the previous point; ``t_s`` never d
 
 Overrides. Each ``lockdown.override`` is one responder entry. A ``granted-override``
 ``access.decision`` within 5 s of an override with the same door and cardholder (and reader,
-when both name one) is the same entry and is not counted twice; any other is an override too.
+when both name one) is the same entry and is not counted twice; any other is an override too,
+and so is an operator's door command with ``override`` (cardholder = the command's source).
 
 The HTML report is self-contained (inline CSS, no scripts, no external references) and embeds
 the SVG plot inline; ``write_report(..., "html", ...)`` also writes the plot beside it.
@@ -103,6 +105,7 @@ REPORT_KINDS: Final = frozenset(
         "fire.reset",
         "threat.level",
         "access.decision",
+        "door.command",
     }
 )
 """Journal kinds a report reads: pass ``Journal.read(kinds=REPORT_KINDS)`` pages to the builders."""
@@ -117,13 +120,13 @@ class UnknownIncidentError(KeyError):
     """No incident with this id is in the journal entries given."""
 
     def __init__(self, incident_id: int) -> None:
-        """Remember the id that was asked for."""
-        super().__init__(incident_id)
+        """Remember the id that was asked for; ``args[0]`` is the message."""
+        super().__init__(f"no incident {incident_id} in the journal")
         self.incident_id = incident_id
 
     def __str__(self) -> str:
-        """A readable message (KeyError would show only the quoted id)."""
-        return f"no incident {self.incident_id} in the journal"
+        """The message, unquoted (KeyError would repr it)."""
+        return str(self.args[0])
 
 
 # --------------------------------------------------------------------------- records
@@ -236,6 +239,7 @@ class IncidentSummary:
     source: str
     who: str
     where: str
+    trigger: str  # "source: who at where", for one table column
     doors_total: int
     time_to_full_lockdown_s: float | None
     duration_s: float | None
@@ -305,6 +309,7 @@ class Incident:
             source=t.source if t else "",
             who=t.who if t else "",
             where=t.where if t else "",
+            trigger=f"{t.source}: {t.who} at {t.where}" if t else "",
             doors_total=self.doors_total,
             time_to_full_lockdown_s=self.time_to_full_lockdown_s,
             duration_s=self.duration_s,
@@ -603,6 +608,7 @@ def _build(
     door_scope = set(doors)
     decisions: list[AccessEvent] = []
     denied: list[AccessEvent] = []
+    operator_entries: list[AccessEvent] = []  # `wardctl door ... --override` on a held door
     for e in others:
         d = e.data
         if e.kind == "access.decision":
@@ -617,6 +623,23 @@ def _build(
                 row(e, f"denied (lockdown): {_who_at(ae)}")
             else:
                 decisions.append(ae)
+        elif e.kind == "door.command":
+            if d.get("override") is not True:
+                continue
+            if scope != "site" and door_scope and _door(e) not in door_scope:
+                continue
+            operator_entries.append(
+                AccessEvent(
+                    seq=e.seq,
+                    ts=e.ts,
+                    t_s=clock.rel(e),
+                    door=_door(e),
+                    reader="",
+                    cardholder_id=None,
+                    cardholder=_str(d, "source", "operator"),
+                    source=e.kind,
+                )
+            )
         elif e.kind in _SITE_KINDS or e.kind.startswith("lockdown."):
             other_scope = _str(d, "scope")
             if e.kind.startswith("lockdown.") and (
@@ -625,11 +648,12 @@ def _build(
                 continue
             site_events.append(row(e, _generic_text(e)))
 
-    overrides = _merge_overrides(overrides, decisions)
+    overrides = sorted(
+        [*_merge_overrides(overrides, decisions), *operator_entries], key=lambda a: a.seq
+    )
     for ov in overrides:
-        timeline.append(
-            TimelineEvent(ov.seq, ov.ts, ov.t_s, ov.source, f"responder override: {_who_at(ov)}")
-        )
+        what = "operator override" if ov.source == "door.command" else "responder override"
+        timeline.append(TimelineEvent(ov.seq, ov.ts, ov.t_s, ov.source, f"{what}: {_who_at(ov)}"))
     timeline.sort(key=lambda ev: ev.seq)
     site_events.sort(key=lambda ev: ev.seq)
 
@@ -920,7 +944,7 @@ def render_json(incident: Incident) -> str:
     )
 
 
-_MD_SPECIAL: Final = frozenset("\\`*_[]<>|~&#!")
+_MD_SPECIAL: Final = frozenset("\\`*_[]<|~&")  # enough mid-line: no line starts with text
 
 
 def _md(text: str) -> str:

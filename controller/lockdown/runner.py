@@ -303,26 +303,39 @@ class LockdownRunner:
 
     # -- verification ----------------------------------------------------------------------
 
-    def verify(self) -> dict[str, Any]:
-        """Check every held door; journal status changes; return the status record."""
+    def verify(self) -> list[dict[str, Any]]:
+        """Check every held door; journal door status changes; one status per incident."""
         now = self.mono()
-        confirmed, failed, propped, drifted = [], [], [], []
-        incident = self._incident()
+        groups: dict[Any, dict[str, Any]] = {}
+        drifted: list[str] = []
         for name, check in self._checks.items():
+            incident = self.incident_for(self.zone_of[name])
+            group = groups.setdefault(
+                incident.get("incident"),
+                {
+                    "incident": incident,
+                    "confirmed": [],
+                    "failed": [],
+                    "propped": [],
+                    "n": 0,
+                    "since": check.since,
+                },
+            )
+            group["n"] += 1
+            group["since"] = min(group["since"], check.since)
             st = self.doors.state(name)
-            spec = self.doors.spec(name)
-            locked_value = spec.relay_for(False)
+            locked_value = self.doors.spec(name).relay_for(False)
             if st.faults:
                 status = "failed"
-                failed.append(name)
+                group["failed"].append(name)
             elif st.intent is not Intent.LOCKED:
                 status = "override"  # a responder's override entry is in progress
             elif st.contact is Contact.OPEN:
                 status = "propped"
-                propped.append(name)
+                group["propped"].append(name)
             elif st.relay == locked_value and st.link_up and not st.released:
                 status = "secured"
-                confirmed.append(name)
+                group["confirmed"].append(name)
             else:
                 status = "pending"
                 if st.relay is not None and st.relay != locked_value and not st.released:
@@ -341,15 +354,17 @@ class LockdownRunner:
                 drifted.append(name)
         if drifted:
             self.doors.reassert(sorted(set(drifted)))
-        started = min((c.since for c in self._checks.values()), default=now)
-        return {
-            "confirmed": len(confirmed),
-            "total": len(self._checks),
-            "failed": sorted(failed),
-            "propped": sorted(propped),
-            "elapsed_ms": round((now - started) * 1000, 1),
-            **incident,
-        }
+        return [
+            {
+                "confirmed": len(g["confirmed"]),
+                "total": g["n"],
+                "failed": sorted(g["failed"]),
+                "propped": sorted(g["propped"]),
+                "elapsed_ms": round((now - g["since"]) * 1000, 1),
+                **g["incident"],
+            }
+            for g in groups.values()
+        ]
 
     def incident_for(self, zone: str) -> dict[str, Any]:
         """Incident number and drill flag holding ``zone``, for journal records."""
@@ -422,16 +437,21 @@ class LockdownRunner:
         last_status_at = 0.0
         while True:
             if self._checks:
-                status = self.verify()
-                key = (
-                    status["confirmed"],
-                    status["total"],
-                    tuple(status["failed"]),
-                    tuple(status["propped"]),
+                statuses = self.verify()
+                key = tuple(
+                    (
+                        st.get("incident"),
+                        st["confirmed"],
+                        st["total"],
+                        tuple(st["failed"]),
+                        tuple(st["propped"]),
+                    )
+                    for st in statuses
                 )
                 now = self.mono()
                 if key != self._last_status or now - last_status_at >= interval:
-                    self.recorder.record("lockdown.status", **status)
+                    for status in statuses:
+                        self.recorder.record("lockdown.status", **status)
                     self._last_status, last_status_at = key, now
             self.submit_nowait(Tick(self.wall(), self.settings.lockdown.auto_revert_s))
             self._wake.clear()

@@ -181,6 +181,9 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     """Daemon + board + serial reader; access levels ``front`` (the reader's door), ``side``."""
     directory = tmp_path_factory.mktemp("access")
     device = directory / "reader.tty"
+    # left by an earlier run (an upload never committed): the daemon must remove it
+    (directory / "uploads").mkdir(mode=0o700)
+    (directory / "uploads" / "import-0123456789abcdef.csv").write_text(f"name,pin\nOld,{PIN}\n")
     extra = SITE_EXTRA.format(device=device)
     async with (
         SimSerialReader(device) as reader,
@@ -551,6 +554,8 @@ async def test_import_5000_rows(rig: Rig) -> None:
     imports = [e for e in await rig.events("-n", "100") if e["kind"] == "admin.import"]
     assert imports[-1]["data"]["rows"] == 5000
     assert imports[-1]["data"]["committed"] is True
+    # the uploaded file (card numbers in clear) is gone, and so is one of an earlier run
+    assert list((rig.directory / "uploads").glob("*")) == []
 
 
 async def test_import_with_bad_rows_imports_nothing(rig: Rig) -> None:
@@ -599,6 +604,7 @@ async def test_import_refuses_a_file_it_cannot_read_as_a_whole(rig: Rig) -> None
     error = await rig.refused("credential", "import", str(export))
     assert error.startswith(f"wardctl: {export} is an export"), error
     assert len(await rig.export_rows()) == before
+    assert list((rig.directory / "uploads").glob("*")) == []
 
 
 async def test_export_has_a_header_masked_cards_and_a_row_per_credential(rig: Rig) -> None:

@@ -971,7 +971,6 @@ def test_from_json_damaged_documents(data: st.DataObject) -> None:
         [],
         "lockdown",
         7,
-        {"scopes": []},
         {"scopes": [1]},
         {"scopes": None},
         {"scopes": {"site": "lockdown"}},

@@ -707,6 +707,12 @@ GOLDEN: list[tuple[str, Mutation, str, str]] = [
         "reader_buses[0].driver",
         "expected driver = 'osdp' or 'serial' (got 'wiegand')",
     ),
+    (  # the tag as written, not pydantic's text of it ('1')
+        "reader-bus-driver-not-a-string",
+        setp("reader_buses", 1, "driver", value=1),
+        "reader_buses[1].driver",
+        "expected driver = 'osdp' or 'serial' (got 1)",
+    ),
     (
         "missing-reader-bus-driver",
         delp("reader_buses", 1, "driver"),
