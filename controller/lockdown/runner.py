@@ -395,13 +395,6 @@ class LockdownRunner:
         trigger = Trigger("duress", who, reader, "duress PIN")
         self.submit_nowait(StartLockdown(SITE, trigger, self.wall()))
 
-    def _incident(self) -> dict[str, Any]:
-        for name in (SITE, *sorted(n for n, _ in self.state.scopes)):
-            st = self.state.scope(name)
-            if st.mode in HELD:
-                return {"incident": st.incident, "drill": st.drill}
-        return {"incident": None, "drill": False}
-
     def status(self) -> dict[str, Any]:
         """The site's lockdown status for the API."""
         scopes = {n: _scope_json(s) for n, s in self.state.scopes}
