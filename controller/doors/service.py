@@ -136,6 +136,7 @@ class DoorService:
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._frozen = False  # set at shutdown: relays stay in their fail state
         self._input_listeners: dict[tuple[str, int], Callable[[bool, float], None]] = {}
+        self._readback_at: dict[str, float] = {}  # door -> when a readback last arrived
         for d in settings.doors:
             door = _Door(d, spec_from_settings(d))
             self._doors[d.name] = door
@@ -422,7 +423,13 @@ class DoorService:
             for listener in self._listeners:
                 listener(kind, data)
 
+    def readback_at(self, name: str) -> float:
+        """When the door's relay was last read back (monotonic; -inf if never)."""
+        return self._readback_at.get(name, float("-inf"))
+
     def _apply(self, door: _Door, event: DoorEvent) -> None:
+        if isinstance(event, RelayRead):
+            self._readback_at[door.name] = event.now
         state, effects = step(door.spec, door.state, event)
         if state.probing and not door.state.probing:
             door.commanded = None  # a probe always writes, so its readback answers it

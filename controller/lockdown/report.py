@@ -626,6 +626,14 @@ def _build(
         elif e.kind == "door.command":
             if d.get("override") is not True:
                 continue
+            source, t_s = _str(d, "source"), clock.rel(e)
+            if source.startswith("reader:") and any(
+                r.door == _door(e)
+                and r.reader == source.removeprefix("reader:")
+                and abs(r.t_s - t_s) <= _OVERRIDE_MATCH_S
+                for r in (*overrides, *decisions)
+            ):
+                continue  # the pulse of a responder's grant: that entry is already counted
             if scope != "site" and door_scope and _door(e) not in door_scope:
                 continue
             operator_entries.append(

@@ -251,8 +251,13 @@ class LockdownRunner:
         held_before = set(self._checks)
         self.doors.hold(self.holds())
         now_held = self.held_doors()
-        for name in now_held - held_before:
+        newly = now_held - held_before
+        for name in newly:
             self._checks[name] = DoorCheck(since=self.mono())
+        if newly:
+            # command every newly held door now, even one already locked, so that each is
+            # confirmed by a readback taken after the lockdown began (one FC15 per board)
+            self.doors.reassert(sorted(newly))
         for name in held_before - now_held:
             self._checks.pop(name, None)
         if not now_held:
@@ -328,21 +333,29 @@ class LockdownRunner:
             if st.faults:
                 status = "failed"
                 group["failed"].append(name)
+            elif st.released:
+                status = "released"  # life safety (fire on a fail-safe egress door): not drift
             elif st.intent is not Intent.LOCKED:
                 status = "override"  # a responder's override entry is in progress
             elif st.contact is Contact.OPEN:
                 status = "propped"
                 group["propped"].append(name)
-            elif st.relay == locked_value and st.link_up and not st.released:
+            elif st.released:
+                status = "released"  # life safety (fire on an egress door) outranks lockdown
+            elif (
+                st.relay == locked_value
+                and st.link_up
+                and self.doors.readback_at(name) >= check.since
+            ):
                 status = "secured"
                 group["confirmed"].append(name)
             else:
                 status = "pending"
-                if st.relay is not None and st.relay != locked_value and not st.released:
+                if st.relay is not None and st.relay != locked_value:
                     drifted.append(name)
             if status != check.status:
                 detail = st.fault_detail if status == "failed" else ""
-                if check.status == "secured" and status not in ("secured", "override"):
+                if check.status == "secured" and status not in ("secured", "override", "released"):
                     self.recorder.record(
                         "lockdown.door", door=name, status="drift", detail=status, **incident
                     )

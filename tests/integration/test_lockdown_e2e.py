@@ -518,7 +518,7 @@ async def test_fire_releases_fail_safe_egress_doors_latched_until_reset(rig: Rig
     await wait_confirmed(daemon)
     held = ["exit-secure", *NON_EGRESS]
 
-    after = await rig.seq()
+    after = start = await rig.seq()
     board.set_input(FIRE_INPUT, True)
     await wait_for(lambda: egress_released(site, "exit-safe"), 3.0, what="exit-safe released")
     assert not site.sim.door("exit-safe").relay  # a maglock released: de-energised
@@ -544,6 +544,14 @@ async def test_fire_releases_fail_safe_egress_doors_latched_until_reset(rig: Rig
     res = await daemon.wardctl("fire", "reset")
     assert res.rc == 0, res
     await wait_for(lambda: secure(site), 3.0, what="egress doors secured again")
+    # the fire release is journaled as such, never as drift; then the door is secured again
+    await daemon.wait_event(start, kind="lockdown.door", door="exit-safe", status="secured")
+    statuses = [
+        e["data"]["status"]
+        for e in await daemon.events(start)
+        if e["kind"] == "lockdown.door" and e["door"] == "exit-safe"
+    ]
+    assert statuses == ["released", "secured"], statuses
     st = await lockdown_status(daemon)
     assert st["fire"] is False and st["mode"] == "lockdown"
     await wait_confirmed(daemon)
