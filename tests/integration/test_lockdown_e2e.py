@@ -736,7 +736,9 @@ async def test_kill9_and_power_loss_during_lockdown_restart_locked_down(tmp_path
                     )
                     assert value is (door.lock.value == "fail-safe"), (door.name, changes)
                 assert {(b, c) for b, c, _ in changes} == {
-                    (d.relay.board, d.relay.coil) for d in site.settings.doors if d.name in fail_safe
+                    (d.relay.board, d.relay.coil)
+                    for d in site.settings.doors
+                    if d.name in fail_safe
                 }
                 res = await second.wardctl("door", "pulse", "tcp1-d0")
                 assert res.rc == 1, res
