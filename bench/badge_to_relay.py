@@ -9,9 +9,10 @@ Set-up
   servers). Every timestamp of a simulated device is ``time.monotonic()`` there.
 * This process: the real ``Daemon`` (journal, control socket, access service, door service,
   OSDP driver, Modbus driver) with line A's reader ``r-main`` at door ``main`` (fail-secure,
-  so a grant energises the coil; no contact; 20 ms pulse) on board ``w``, and its credential
-  store holding ``--credentials`` cardholders (built once with ``bench.credential_import``'s
-  generator and cached under ``--cache-dir``).
+  so a grant energises the coil; no contact; a 5 ms pulse, so the door has relocked before
+  the next card) on board ``w``, and its credential store holding ``--credentials``
+  cardholders (built once with ``bench.credential_import``'s generator and cached under
+  ``--cache-dir``).
 * Also in this process, for the floors: a bare libosdp control panel on line B (the
   ``osdp_sys`` context pumped every 2 ms by a thread of its own, as DESIGN.md recommends; no
   warding code), and a raw pymodbus client to board ``raw``.
@@ -103,9 +104,9 @@ class Options:
     n: int = 1000
     credentials: int = 1_000_000
     small: int = 1000
-    warmup: int = 20
+    warmup: int = 10
     jitter_ms: float = 60.0
-    pulse_s: float = 0.02
+    pulse_s: float = 0.005
     poll_interval_ms: int = 50
     unknown_rate: float = 0.02
     timeout_s: float = 2.0
@@ -1118,7 +1119,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     p.add_argument(
         "--small", type=_positive, default=1000, help="credentials of the small series (1000)"
     )
-    p.add_argument("--warmup", type=_non_negative, default=20, help="unrecorded rounds (20)")
+    p.add_argument("--warmup", type=_non_negative, default=10, help="unrecorded rounds (10)")
     p.add_argument(
         "--jitter-ms", type=float, default=60.0, help="pause before a card: 0..this (60)"
     )

@@ -104,8 +104,9 @@ def save_state(path: Path, state: SiteState) -> None:
 class DoorCheck:
     """The last verification status of one held door."""
 
-    status: str = "pending"  # pending | secured | failed | propped
-    since: float = 0.0
+    status: str = "pending"  # pending | secured | failed | propped | released | override
+    since: float = 0.0  # when ``status`` was entered
+    held_at: float = 0.0  # when the hold began: only a readback after it confirms the door
 
 
 @dataclass
@@ -253,7 +254,8 @@ class LockdownRunner:
         now_held = self.held_doors()
         newly = now_held - held_before
         for name in newly:
-            self._checks[name] = DoorCheck(since=self.mono())
+            now = self.mono()
+            self._checks[name] = DoorCheck(since=now, held_at=now)
         if newly:
             # command every newly held door now, even one already locked, so that each is
             # confirmed by a readback taken after the lockdown began (one FC15 per board)
@@ -340,12 +342,10 @@ class LockdownRunner:
             elif st.contact is Contact.OPEN:
                 status = "propped"
                 group["propped"].append(name)
-            elif st.released:
-                status = "released"  # life safety (fire on an egress door) outranks lockdown
             elif (
                 st.relay == locked_value
                 and st.link_up
-                and self.doors.readback_at(name) >= check.since
+                and self.doors.readback_at(name) >= check.held_at
             ):
                 status = "secured"
                 group["confirmed"].append(name)

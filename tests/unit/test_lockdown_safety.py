@@ -233,8 +233,14 @@ class LockdownSite(RuleBasedStateMachine):
                 self.feed(name, DoorTick(self.now))
 
     def apply_doors(self) -> None:
+        """The runner's response to ApplyDoors: every door gets its hold from the new state."""
         for name, door in DOORS.items():
+            before = self.doors[name]
             self.feed(name, hold_for(door, self.site, self.now))
+            after = self.doors[name]
+            if before.secured and after.secured:
+                # re-applying a hold does not cut a responder's pulse (or an egress REX) short
+                assert (after.intent, after.pulse_until) == (before.intent, before.pulse_until)
 
     def lockdown(self, event: LockdownEvent) -> list[Effect]:
         """Step the lockdown machine; check the all-clear rule and the records; apply doors."""
