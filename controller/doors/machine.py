@@ -388,12 +388,12 @@ def _rex(spec: DoorSpec, state: DoorState, event: RexChanged, effects: list[Reco
     if not event.pressed:
         return state
     effects.append(
-        Record("door.rex", {"unlocks": spec.rex_unlocks and (spec.egress or not state.secured)})
+        Record("door.rex", {"unlocks": spec.egress or (spec.rex_unlocks and not state.secured)})
     )
     shunt = event.now + spec.rex_pulse_s
     state = replace(state, shunt_until=max(state.shunt_until, shunt + spec.relock_grace_s))
     # free egress: in lockdown only doors on an egress route release on REX
-    unlocks = spec.rex_unlocks and (spec.egress or not state.secured)
+    unlocks = spec.egress or (spec.rex_unlocks and not state.secured)
     if unlocks and state.intent is not Intent.UNLOCKED:
         state = replace(
             state, intent=Intent.PULSE, pulse_until=max(shunt, state.pulse_until or shunt)
