@@ -130,7 +130,9 @@ class Daemon:
         self.server.claim()  # raises AlreadyRunningError before touching anything
         assert self.journal_path is not None
         journal = await asyncio.to_thread(Journal.open, self.journal_path)
-        self.journal = JournalWriter(journal)
+        # 20 ms linger: records still reach the disk within tens of ms, but a fan-out to
+        # hundreds of doors is not slowed by the write thread (see BENCHMARKS.md)
+        self.journal = JournalWriter(journal, linger_s=0.02)
         boards: dict[str, RelayBoard] = dict(self.boards)
         self.doors = DoorService(self.settings, boards, self.journal)
         # the lockdown state comes back before anything is asserted: a restart during a
@@ -396,6 +398,7 @@ class Daemon:
         follow = arg(req, "follow", bool, required=False, default=False)
         if not 1 <= limit <= 10_000:
             raise CommandError("limit must be between 1 and 10000")
+        await self.journal.flush()  # a reader sees everything recorded before it asked
         sub = self.journal.subscribe() if follow else None
         try:
             if after is None:

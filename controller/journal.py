@@ -632,6 +632,7 @@ class JournalWriter:
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
         subscriber_queue_size: int = 1000,
+        linger_s: float = 0.0,
     ) -> None:
         """Wrap ``journal`` (reads its last seq, a blocking call: do it at start-up)."""
         if max_batch < 1:
@@ -641,6 +642,7 @@ class JournalWriter:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._subscriber_queue_size = subscriber_queue_size
+        self._linger_s = linger_s
         self._pending: collections.deque[Record] = collections.deque()
         self._enqueued = 0  # records ever accepted by record()
         self._committed = 0  # of those, records committed (always the oldest ones)
@@ -729,6 +731,10 @@ class JournalWriter:
         """
         while not self._closing:
             await self._wakeup.wait()
+            if self._linger_s > 0:
+                # linger: let a burst (a lockdown fan-out) finish before the write thread
+                # competes with it for the interpreter; the burst then goes as one batch
+                await asyncio.sleep(self._linger_s)
             self._wakeup.clear()
             await self._drain()
 

@@ -82,32 +82,38 @@ class LockdownApi:
             )
         return scope
 
-    def _level(self, req: Request) -> int | None:
+    def _level(self, req: Request) -> tuple[int | None, dict[str, str]]:
+        """The level to set with a lockdown, and a warning if it is out of range.
+
+        A bad level never refuses the lockdown itself: the machine locks down, keeps the
+        current level and journals why (``lockdown.refused``); the reply carries a warning.
+        """
         level: int | None = arg(req, "level", int, required=False)
         if level is not None and not 0 <= level <= 7:
-            raise CommandError("threat level must be 0..7")
-        return level
+            return level, {"warning": f"threat level must be 0..7 (got {level}); not changed"}
+        return level, {}
 
-    async def _submit(self, event: Any, reply: Reply, req: Request) -> None:
+    async def _submit(self, event: Any, reply: Reply, req: Request, **extra: Any) -> None:
         effects = await self.runner.submit(event)
         refused = refusal(effects)
         if refused is not None:
             raise CommandError(refused)
-        await reply(ok(req.id, **self.runner.status()))
+        await reply(ok(req.id, **self.runner.status(), **extra))
 
     async def _start(self, req: Request, reply: Reply) -> None:
         reason = arg(req, "reason", str)
         if not reason.strip():
             raise ProtocolError("a lockdown needs a reason")
         trigger = Trigger("operator", PEER.get(), "control socket", reason.strip())
+        level, warning = self._level(req)
         event = StartLockdown(
             self._scope(req),
             trigger,
             self.runner.wall(),
-            level=self._level(req),
+            level=level,
             drill=bool(arg(req, "drill", bool, required=False, default=False)),
         )
-        await self._submit(event, reply, req)
+        await self._submit(event, reply, req, **warning)
 
     async def _trigger(self, req: Request, reply: Reply) -> None:
         """The entry point for remote and peer-controller triggers (MQTT bridge, peers)."""
@@ -120,14 +126,15 @@ class LockdownApi:
             arg(req, "where", str),
             str(arg(req, "reason", str, required=False, default="")),
         )
+        level, warning = self._level(req)
         event = StartLockdown(
             self._scope(req),
             trigger,
             self.runner.wall(),
-            level=self._level(req),
+            level=level,
             drill=bool(arg(req, "drill", bool, required=False, default=False)),
         )
-        await self._submit(event, reply, req)
+        await self._submit(event, reply, req, **warning)
 
     async def _status(self, req: Request, reply: Reply) -> None:
         await reply(ok(req.id, **self.runner.status()))

@@ -128,6 +128,7 @@ class DoorService:
         self._timeout = command_timeout_s
         self._doors: dict[str, _Door] = {}
         self._by_coil: dict[tuple[str, int], _Door] = {}
+        self._coils_of: dict[str, list[tuple[int, _Door]]] = {}
         self._by_input: dict[tuple[str, int], tuple[_Door, str, InputRef]] = {}
         self._board_links: dict[str, LinkState] = dict.fromkeys(boards, LinkState.DISCONNECTED)
         self._board_faults: dict[str, str] = {}
@@ -141,6 +142,7 @@ class DoorService:
             door = _Door(d, spec_from_settings(d))
             self._doors[d.name] = door
             self._by_coil[(d.relay.board, d.relay.coil)] = door
+            self._coils_of.setdefault(d.relay.board, []).append((d.relay.coil, door))
             for role in ("contact", "rex", "tamper"):
                 ref: InputRef | None = getattr(d, role)
                 if ref is not None:
@@ -229,9 +231,13 @@ class DoorService:
                     else:
                         self._apply(door, TamperChanged(active, now))
             case CoilsRead(device=board, values=values, mismatched=mismatched):
-                for (b, coil), door in self._by_coil.items():
-                    if b == board and coil < len(values):
-                        self._apply(door, RelayRead(values[coil], coil in mismatched, now))
+                for coil, door in self._coils_of.get(board, ()):
+                    if coil < len(values):
+                        energised, bad = values[coil], coil in mismatched
+                        s = door.state
+                        if s.relay == energised and not bad and not s.faults:
+                            continue  # nothing new for this door
+                        self._apply(door, RelayRead(energised, bad, now))
             case BoardLinkChanged(device=board, state=state, reason=reason):
                 previous = self._board_links.get(board)
                 self._board_links[board] = state
@@ -243,9 +249,8 @@ class DoorService:
                     self._record("board.link", device=board, state=state.value, reason=reason)
                 if self._frozen:
                     return  # shutting down: drivers closing is not a door fault
-                for (b, _), door in self._by_coil.items():
-                    if b == board:
-                        self._apply(door, LinkChanged(up, now, reason))
+                for _, door in self._coils_of.get(board, ()):
+                    self._apply(door, LinkChanged(up, now, reason))
             case DeviceFault(device=board, kind=kind, detail=detail):
                 self._board_faults[board] = detail
                 self._record("board.fault", device=board, fault=kind, detail=detail)
@@ -317,17 +322,28 @@ class DoorService:
             doors.append(self._doors[name])
         now = self._clock()
         refusals = [d.state.secured and not override and action != "lock" for d in doors]
-        for door in doors:
+        extra = {"override": True} if override else {}
+        if len(doors) == 1:
             self._record(
                 "door.command",
-                door=door.name,
+                door=doors[0].name,
                 action=action,
                 duration_s=duration_s,
                 source=source,
-                **({"override": True} if override else {}),
+                **extra,
             )
+        else:  # one record for a group command (a lock-all): the fan-out stays light
+            self._record(
+                "door.command",
+                doors=[d.name for d in doors],
+                action=action,
+                duration_s=duration_s,
+                source=source,
+                **extra,
+            )
+        for door in doors:
             self._apply(door, Command(action, now, duration_s, override))
-        results = list(await asyncio.gather(*(self._confirm(d, action) for d in doors)))
+        results = await self._confirm_all(doors, action)
         return [
             CommandResult(
                 r.door, r.action, False, r.phase, "held by a lockdown (an override is needed)"
@@ -337,25 +353,31 @@ class DoorService:
             for r, refused in zip(results, refusals, strict=True)
         ]
 
-    async def _confirm(self, door: _Door, action: str) -> CommandResult:
-        fut = door.outcome
-        error = ""
-        confirmed = False
-        if fut is None:
-            # nothing had to change: confirmed only if the readback already agrees
-            s = door.state
-            confirmed = s.link_up and s.relay == desired_relay(door.spec, s)
-            if not confirmed:
-                error = door.state.fault_detail or "not confirmed"
-        else:
-            try:
-                outcome = await asyncio.wait_for(asyncio.shield(fut), self._timeout)
-            except TimeoutError:
+    async def _confirm_all(self, doors: list[_Door], action: str) -> list[CommandResult]:
+        """Wait (bounded) for every door's readback with one wait, then report each."""
+        pending = {d.outcome for d in doors if d.outcome is not None and not d.outcome.done()}
+        if pending:
+            await asyncio.wait(pending, timeout=self._timeout)
+        results = []
+        for door in doors:
+            fut = door.outcome
+            error = ""
+            confirmed = False
+            if fut is None:
+                s = door.state
+                confirmed = s.link_up and s.relay == desired_relay(door.spec, s)
+                if not confirmed:
+                    error = s.fault_detail or "not confirmed"
+            elif not fut.done():
                 error = "board did not confirm in time; the command stays queued"
             else:
+                outcome = fut.result()
                 confirmed = outcome.ok
                 error = outcome.error or ("relay readback mismatch" if outcome.mismatched else "")
-        return CommandResult(door.name, action, confirmed, door.state.phase.value, error)
+            results.append(
+                CommandResult(door.name, action, confirmed, door.state.phase.value, error)
+            )
+        return results
 
     async def apply_fail_state(
         self, timeout_s: float, *, keep_locked: frozenset[str] = frozenset()
@@ -471,4 +493,9 @@ class DoorService:
             return  # link trouble is reported through LinkChanged
         mismatched = coil in outcome.mismatched
         energised = (not want) if mismatched else want
-        self._apply(door, RelayRead(energised, mismatched, self._clock()))
+        now = self._clock()
+        s = door.state
+        if s.relay == energised and not mismatched and not s.faults:
+            self._readback_at[door.name] = now  # confirmed; nothing else changes
+            return
+        self._apply(door, RelayRead(energised, mismatched, now))

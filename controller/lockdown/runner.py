@@ -398,7 +398,11 @@ class LockdownRunner:
             trigger = Trigger("credential", person, reader, "lockdown credential")
             self.submit_nowait(StartLockdown(SITE, trigger, self.wall()))
         else:
-            self.submit_nowait(AllClear(SITE, person, True, "card", self.wall()))
+            # the all-clear is for whatever holds the reader's door: the site, else its zone
+            door = next((r.door for r in self.settings.readers if r.name == reader), "")
+            zone = self.zone_of.get(door, SITE)
+            scope = SITE if self.state.scope(SITE).mode in HELD else zone
+            self.submit_nowait(AllClear(scope, person, True, "card", self.wall()))
 
     def on_duress(self, holder: Any, reader: str) -> None:
         """A duress PIN: the access layer already raised the silent alarm."""

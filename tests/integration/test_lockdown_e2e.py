@@ -30,6 +30,7 @@ import pytest_asyncio
 from simulators.serial_reader import SimSerialReader
 from tests.integration.conftest import (
     WARDCTL,
+    ApiConnection,
     Daemon,
     NotifyListener,
     Result,
@@ -222,11 +223,15 @@ async def wait_decision(daemon: Daemon, after: int, reason: str) -> dict[str, An
     return got
 
 
-async def clear(daemon: Daemon, people: dict[str, Person]) -> None:
-    """The two-person all-clear (Ace and Bea) through the control API."""
+async def clear(daemon: Daemon, people: dict[str, Person], scope: str = "site") -> None:
+    """The two-person all-clear (Ace and Bea) of ``scope`` through the control API."""
     for name in ("Ace", "Bea"):
         p = people[name]
-        await daemon.api("lockdown.clear", cardholder=p.id, pin=p.pin)
+        sc = (await lockdown_status(daemon))["scopes"].get(scope, {})
+        if sc.get("mode", "normal") == "normal":
+            return
+        if sc.get("first_clear") != p.who:  # the same person twice would be refused
+            await daemon.api("lockdown.clear", cardholder=p.id, pin=p.pin, scope=scope)
 
 
 # -- the shared site -------------------------------------------------------------------------
@@ -312,8 +317,9 @@ async def rig(shared: Rig) -> AsyncIterator[Rig]:
 
         await wait_for(fire_inputs_quiet, 3.0, what="fire inputs inactive")
         await daemon.api("fire.reset")
-    if st["mode"] != "normal":
-        await clear(daemon, shared.people)
+    for scope, sc in st["scopes"].items():
+        if sc["mode"] != "normal":
+            await clear(daemon, shared.people, scope)
     await wait_mode(daemon, "normal")
     await wait_for(lambda: secure(shared.site), 5.0, what="every door locked again")
 
@@ -450,6 +456,9 @@ async def test_responder_card_opens_a_door_in_lockdown_and_is_reported(
     res = await daemon.wardctl("incident", "list", "--json")
     assert res.rc == 0, res
     assert incident in [row["id"] for row in json.loads(res.stdout)]
+    res = await daemon.wardctl("incident", "report", "999")
+    assert res.rc == 1, res
+    assert "no incident 999" in res.stderr, res
 
 
 # -- 5. two-person all-clear -----------------------------------------------------------------
@@ -517,6 +526,28 @@ async def test_all_clear_needs_two_distinct_authorised_persons(rig: Rig) -> None
         if e["kind"] == "lockdown.refused" and e["data"].get("incident") == incident
     ]
     assert len(refused) == 4, refused
+
+
+async def test_zone_lockdown_all_clear_at_a_reader_clears_the_zone(rig: Rig) -> None:
+    daemon, people = rig.daemon, rig.people
+    res = await daemon.wardctl("lockdown", "start", "--zone", "default", "--reason", "zone test")
+    assert res.rc == 0, res
+    st = await lockdown_status(daemon)
+    assert st["mode"] == "normal"  # the site itself is not locked down, the zone is
+    assert st["scopes"]["default"]["mode"] == "lockdown"
+    await wait_confirmed(daemon)
+
+    after = await rig.seq()
+    rig.gesture("Ace")  # r1's door is in the held zone: an all-clear for that zone
+    await daemon.wait_event(after, kind="lockdown.allclear", scope="default", n=1)
+    st = await lockdown_status(daemon)
+    assert st["scopes"]["default"]["mode"] == "all-clear-pending"
+    assert st["scopes"]["default"]["first_clear"] == people["Ace"].who
+    bea = people["Bea"]
+    await daemon.api("lockdown.clear", cardholder=bea.id, pin=bea.pin, scope="default")
+    st = await lockdown_status(daemon)
+    assert "default" not in st["scopes"], st
+    assert not [e for e in await daemon.events(after) if e["kind"] == "lockdown.refused"]
 
 
 # -- 6. fire alarm ---------------------------------------------------------------------------
@@ -631,6 +662,39 @@ async def test_reader_gesture_starts_a_lockdown_only_with_the_privilege(rig: Rig
     }
     found = await daemon.wait_event(after, kind="lockdown.trigger")
     assert event_matches(found[0], source="credential", who=people["Lou"].who, where="r1")
+    await wait_confirmed(daemon)
+
+
+async def test_remote_trigger_entry_point(rig: Rig) -> None:
+    daemon = rig.daemon
+    async with await ApiConnection.open(daemon.socket) as conn:
+        bad = await conn.call("lockdown.trigger", source="panic", who="x", where="y")
+    assert bad["ok"] is False, bad
+    assert (await lockdown_status(daemon))["mode"] == "normal"
+    after = await rig.seq()
+    # a bad threat level never costs the lockdown: locked down, level kept, refusal journaled
+    reply = await daemon.api(
+        "lockdown.trigger",
+        source="remote",
+        who="mqtt peer-2",
+        where="annex",
+        reason="shots",
+        level=9,
+    )
+    assert "0..7" in reply["warning"], reply
+    st = await lockdown_status(daemon)
+    assert st["mode"] == "lockdown"
+    assert st["threat_level"] == 0
+    refused = await daemon.wait_event(after, kind="lockdown.refused")
+    assert "0..7" in refused[0]["data"]["reason"], refused
+    assert st["scopes"]["site"]["trigger"] == {
+        "source": "remote",
+        "who": "mqtt peer-2",
+        "where": "annex",
+        "reason": "shots",
+    }
+    found = await daemon.wait_event(after, kind="lockdown.trigger")
+    assert event_matches(found[0], source="remote", who="mqtt peer-2", where="annex")
     await wait_confirmed(daemon)
 
 
