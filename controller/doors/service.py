@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -136,6 +136,7 @@ class DoorService:
         self._wake = asyncio.Event()
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._frozen = False  # set at shutdown: relays stay in their fail state
+        self._batch: list[_Door] | None = None
         self._input_listeners: dict[tuple[str, int], Callable[[bool, float], None]] = {}
         self._readback_at: dict[str, float] = {}  # door -> when a readback last arrived
         for d in settings.doors:
@@ -282,17 +283,19 @@ class DoorService:
     def hold(self, holds: Mapping[str, tuple[bool, bool, bool]]) -> None:
         """Apply the lockdown layer's (secured, fire, evacuate) to the named doors at once."""
         now = self._clock()
-        for name, (secured, fire, evacuate) in holds.items():
-            door = self._doors.get(name)
-            if door is not None:
-                self._apply(door, Hold(secured, fire, evacuate, now))
+        with self._batched():
+            for name, (secured, fire, evacuate) in holds.items():
+                door = self._doors.get(name)
+                if door is not None:
+                    self._apply(door, Hold(secured, fire, evacuate, now))
 
     def reassert(self, names: Iterable[str]) -> None:
         """Write the named doors' relays again even if nothing changed (drift correction)."""
-        for name in names:
-            door = self._doors[name]
-            door.commanded = None
-            self._sync_relay(door)
+        with self._batched():
+            for name in names:
+                door = self._doors[name]
+                door.commanded = None
+                self._sync_relay(door)
 
     def spec(self, name: str) -> DoorSpec:
         """The machine spec of a door."""
@@ -341,8 +344,9 @@ class DoorService:
                 source=source,
                 **extra,
             )
-        for door in doors:
-            self._apply(door, Command(action, now, duration_s, override))
+        with self._batched():
+            for door in doors:
+                self._apply(door, Command(action, now, duration_s, override))
         results = await self._confirm_all(doors, action)
         return [
             CommandResult(
@@ -473,6 +477,9 @@ class DoorService:
     def _sync_relay(self, door: _Door) -> None:
         if self._frozen:
             return
+        if self._batch is not None:
+            self._batch.append(door)  # sent together by _flush_batch
+            return
         want = desired_relay(door.spec, door.state)
         if want == door.commanded:
             return
@@ -482,6 +489,44 @@ class DoorService:
         fut = board.command({coil: want})
         door.outcome = fut
         fut.add_done_callback(functools.partial(self._on_outcome, door, want, coil))
+
+    @contextlib.contextmanager
+    def _batched(self) -> Iterator[None]:
+        """Within the block, relay changes are collected and sent as one command per board."""
+        if self._batch is not None:
+            yield
+            return
+        self._batch = []
+        try:
+            yield
+        finally:
+            doors, self._batch = self._batch, None
+            self._flush_batch(doors)
+
+    def _flush_batch(self, doors: list[_Door]) -> None:
+        if self._frozen:
+            return
+        per_board: dict[str, list[tuple[_Door, bool, int]]] = {}
+        unique = {door.name: door for door in doors}  # each door once, in order
+        for door in unique.values():
+            want = desired_relay(door.spec, door.state)
+            if want == door.commanded:
+                continue
+            door.commanded = want
+            per_board.setdefault(door.settings.relay.board, []).append(
+                (door, want, door.settings.relay.coil)
+            )
+        for board, members in per_board.items():
+            fut = self._boards[board].command({coil: want for _, want, coil in members})
+            for door, _, _ in members:
+                door.outcome = fut
+            fut.add_done_callback(functools.partial(self._on_outcomes, members))
+
+    def _on_outcomes(
+        self, members: list[tuple[_Door, bool, int]], fut: asyncio.Future[WriteOutcome]
+    ) -> None:
+        for door, want, coil in members:
+            self._on_outcome(door, want, coil, fut)
 
     def _on_outcome(
         self, door: _Door, want: bool, coil: int, fut: asyncio.Future[WriteOutcome]
