@@ -287,9 +287,6 @@ class AccessService:
             self.recorder.record("access.gesture", device=name, step="armed")
             self._indicate(name, Indication.PIN_NEEDED)
             return
-        if name in self._gesture_pending:
-            self._gesture_pin(info, keys.strip().rstrip("#").lstrip("*"))
-            return
         if len(keys) > 1 or keys == "#":
             buffered, _ = self._keybuf.pop(name, ("", 0.0))
             entry = (buffered + keys) if keys == "#" else keys
@@ -303,6 +300,9 @@ class AccessService:
             if len(buffered) >= 16:
                 buffered = ""
             self._keybuf[name] = (buffered + keys, started)
+            return
+        if name in self._gesture_pending:
+            self._gesture_pin(info, entry.strip().rstrip("#").lstrip("*"))
             return
         self._pin(info, entry)
 
