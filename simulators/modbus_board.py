@@ -29,11 +29,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
 import os
-import pty
-import tty
 from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -48,6 +45,8 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.transaction import TransactionManager
+
+from simulators.ptyline import PtyPair, plug, unlink_device
 
 if TYPE_CHECKING:
     from pymodbus.datastore import ModbusServerContext
@@ -680,26 +679,6 @@ class SimModbusEndpoint(_SimBus):
                 cast("asyncio.Transport", conn.transport).write(data)
 
 
-def _set_nonblocking(fd: int) -> None:
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-
-
-class _PtyPair:
-    """A raw pty pair; we keep the slave open so the master never reads EIO."""
-
-    def __init__(self) -> None:
-        self.master, self.slave = pty.openpty()
-        tty.setraw(self.slave)
-        _set_nonblocking(self.master)
-        self.name = os.ttyname(self.slave)
-
-    def close(self) -> None:
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
 class SimRtuLine(_SimBus):
     """A Modbus RTU line over a pty, hosting one board or several (multi-drop) by unit id.
 
@@ -729,8 +708,8 @@ class SimRtuLine(_SimBus):
         # (pyserial#196). The server side therefore opens 8N1; the line settings are recorded
         # for reporting only. A *client* asking a pty for E/O parity hits the same error.
         self._serial = {"baudrate": baudrate, "parity": "N", "stopbits": 1, "bytesize": 8}
-        self._client_side: _PtyPair | None = None
-        self._server_side: _PtyPair | None = None
+        self._client_side: PtyPair | None = None
+        self._server_side: PtyPair | None = None
         self._server: _SimSerialServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # RTU frames end with 3.5 character times of silence (11 bits/char); a pty has no
@@ -765,7 +744,7 @@ class SimRtuLine(_SimBus):
         self._loop = asyncio.get_running_loop()
         self._running = True
         try:
-            self._server_side = _PtyPair()
+            self._server_side = PtyPair()
             server = _SimSerialServer(self, self._server_side.name, **self._serial)
             await server.serve_forever(background=True)
             self._server = server
@@ -805,30 +784,13 @@ class SimRtuLine(_SimBus):
             raise RuntimeError("line is not running")
         if self._client_side is not None:
             return
-        if self.device is not None and self.device.exists() and not self.device.is_symlink():
-            raise FileExistsError(f"{self.device} exists and is not a symlink: not replacing it")
-        side = _PtyPair()
-        if self.device is not None:
-            try:
-                self.device.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.device.with_name(f".{self.device.name}.{os.getpid()}.tmp")
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                tmp.symlink_to(side.name)
-                tmp.replace(self.device)  # atomic, and replaces a stale link
-            except BaseException:
-                side.close()
-                raise
+        side = plug(self.device)
         self._client_side = side
         self._loop.add_reader(side.master, self._from_client)
 
     def _remove_link(self, target: str) -> None:
         """Remove the symlink if it still points at ``target`` (not someone else's line)."""
-        if self.device is None:
-            return
-        with contextlib.suppress(OSError):
-            if os.readlink(self.device) == target:
-                self.device.unlink()
+        unlink_device(self.device, target)
 
     def _from_client(self) -> None:
         side = self._client_side

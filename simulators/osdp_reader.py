@@ -43,7 +43,7 @@ from typing import Any, Final, Self
 from controller.access.formats import CardFormat, encode_wiegand, parse_card
 from drivers.osdp import wire
 from drivers.osdp.keys import write_scbk
-from simulators.modbus_board import _PtyPair
+from simulators.ptyline import PtyPair, plug, unlink_device
 
 __all__ = ["SimIndication", "SimOsdpPd", "SimOsdpReader", "load_pds"]
 
@@ -458,7 +458,7 @@ class SimOsdpReader:
         self.device = Path(device) if device is not None else None
         self.period_s = refresh_period_s
         self._lock = threading.RLock()
-        self._pty: _PtyPair | None = None
+        self._pty: PtyPair | None = None
         self._decoder = wire.Decoder()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -537,10 +537,7 @@ class SimOsdpReader:
         if side is None:
             return
         side.close()
-        if self.device is not None and self.device.is_symlink():
-            with contextlib.suppress(OSError):
-                if os.readlink(self.device) == side.name:
-                    self.device.unlink()
+        unlink_device(self.device, side.name)
 
     def replug(self) -> None:
         """Plug a new line in (a new pty) and point the symlink at it."""
@@ -548,21 +545,7 @@ class SimOsdpReader:
             raise RuntimeError("the simulated OSDP line is not running")
         if self._pty is not None:
             return
-        device = self.device
-        if device is not None and device.exists() and not device.is_symlink():
-            raise FileExistsError(f"{device} exists and is not a symlink: not replacing it")
-        side = _PtyPair()
-        if device is not None:
-            try:
-                device.parent.mkdir(parents=True, exist_ok=True)
-                tmp = device.with_name(f".{device.name}.{os.getpid()}.tmp")
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                tmp.symlink_to(side.name)
-                tmp.replace(device)  # atomic, and replaces a stale link
-            except BaseException:
-                side.close()
-                raise
+        side = plug(self.device)
         with self._lock:
             self._pty = side
 

@@ -9,7 +9,6 @@ the symlink at it. Nothing here needs an event loop.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -27,7 +26,7 @@ from drivers.serial_reader.codec import (
     WiegandFrame,
     encode,
 )
-from simulators.modbus_board import _PtyPair
+from simulators.ptyline import PtyPair, plug, unlink_device
 
 __all__ = ["GARBAGE", "KeyStyle", "SimSerialReader"]
 
@@ -57,7 +56,7 @@ class SimSerialReader:
         self.device = Path(device) if device is not None else None
         self.framing = Framing(framing)
         self.line_end = line_end
-        self._pty: _PtyPair | None = None
+        self._pty: PtyPair | None = None
         self._running = False
         self.sent = 0
         """Bytes written onto the line since start."""
@@ -114,21 +113,7 @@ class SimSerialReader:
             raise RuntimeError("simulated reader is not running")
         if self._pty is not None:
             return
-        device = self.device
-        if device is not None and device.exists() and not device.is_symlink():
-            raise FileExistsError(f"{device} exists and is not a symlink: not replacing it")
-        side = _PtyPair()
-        if device is not None:
-            try:
-                device.parent.mkdir(parents=True, exist_ok=True)
-                tmp = device.with_name(f".{device.name}.{os.getpid()}.tmp")
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
-                tmp.symlink_to(side.name)
-                tmp.replace(device)  # atomic, and replaces a stale link
-            except BaseException:
-                side.close()
-                raise
+        side = plug(self.device)
         self._pty = side
 
     def __enter__(self) -> Self:
@@ -224,11 +209,7 @@ class SimSerialReader:
 
     def _remove_link(self, target: str) -> None:
         """Remove the symlink if it still points at ``target`` (not someone else's line)."""
-        if self.device is None:
-            return
-        with contextlib.suppress(OSError):
-            if os.readlink(self.device) == target:
-                self.device.unlink()
+        unlink_device(self.device, target)
 
 
 def _frame_for(card: CardNumber, framing: Framing) -> Frame:
