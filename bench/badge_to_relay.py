@@ -17,13 +17,22 @@ Set-up
   ``osdp_sys`` context pumped every 2 ms by a thread of its own, as DESIGN.md recommends; no
   warding code), and a raw pymodbus client to board ``raw``.
 
-Each round does three presentations in random order, each after a random pause (uniform
-0..``--jitter-ms``) so that cards arrive at every phase of libosdp's 50 ms poll:
+Each round does three presentations in random order, each after a random pause, uniform over
+0..one poll period, so that cards arrive at every phase of libosdp's poll with the same
+weight whatever the phase the pause starts at. libosdp sends a POLL every ~56 ms here (its
+50 ms timer restarts after each exchange, ~6 ms with Secure Channel and 2 ms refresh periods
+at both ends); the period is measured on line B during the warm-up (the bare control panel
+notes when it sends a POLL) and reported as ``poll_period_ms``; ``--jitter-ms`` fixes the
+pause instead.
 
 * ``1m``: a random enrolled card at ``r-main``. t0 is taken in the simulator right before the
   PD's ``submit_event``, t1 in the simulated board's ``on_coils_changed`` when coil 0 becomes
-  energised: ``latency = t1 - t0``, both in one process. Before it, the door must have
-  relocked (coil released).
+  energised: ``latency = t1 - t0``, both in one process. The reader must be idle before the
+  pause: the door relocked (coil released) and the previous decision's LED and buzzer
+  commands received by the reader. libosdp restarts its poll timer after every command, so
+  a card presented while feedback is still going out waits a full period after it (up to
+  ~63 ms); nobody badges within 10 ms of the previous person, and without this wait the
+  bench would sample that case in about one presentation in ten.
 * ``1k``: the same, with the access service reading a 1,000-credential store instead (same
   daemon, same line, same door: the store size is the only difference, and the two series
   interleave so machine noise hits both alike).
@@ -37,13 +46,15 @@ cards are presented too (``--unknown-rate``; untimed: only grants are timed).
 
 Figures (ms; nearest-rank percentiles, ``bench._common.percentile``):
 ``p50_ms``/``p99_ms`` of the 1M series; ``floor_osdp_p99_ms`` and ``floor_modbus_p99_ms``;
-``floor_p99_ms = floor_osdp_p99_ms + floor_modbus_p99_ms`` (the sum of the two p99s: never
-below the p99 of their per-sample sum, ``floor_sum_p99_ms``, which is reported too, estimated
-from all pairs of samples); ``overhead_p99_ms = p99_ms - floor_p99_ms``; ``p99_1k_ms`` and
-``ratio_1m_1k = p99_ms / p99_1k_ms``. The daemon's event queue is tapped to split each sample:
-``bridge_*`` from t0 to the CardRead reaching the event loop (libosdp + warding's OSDP driver
-and its thread-to-loop hand-off) and ``daemon_*`` from there to the coil (decision, journal,
-door service, Modbus driver and the wire).
+``floor_p99_ms = floor_osdp_p99_ms + floor_modbus_p99_ms`` (the sum of the two p99s: in
+practice a little above the p99 of their per-sample sum, ``floor_sum_p99_ms``, which is
+reported too, estimated from all pairs of samples); ``overhead_p99_ms = p99_ms -
+floor_p99_ms``; ``p99_1k_ms`` and ``ratio_1m_1k = p99_ms / p99_1k_ms``. The daemon's event
+queue is tapped to split each sample: ``bridge_*`` from t0 to the CardRead reaching the event
+loop (libosdp, warding's OSDP driver and its thread-to-loop hand-off) and ``daemon_*`` from
+there to the coil (decision, journal, door service, Modbus driver and the wire). A sample
+counts only if the grant was this card's: one grant counted, and its read reached the loop
+between t0 and t1; anything else is a failure, listed under ``failures`` and ``errors``.
 
 Targets (issue 3): overhead p99 <= 5 ms; p99(1M) / p99(1k) <= 1.2; p50 <= 50 ms; p99 <= 65 ms.
 """
@@ -52,10 +63,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
 import importlib
+import itertools
 import json
 import os
 import random
@@ -91,6 +104,7 @@ UNKNOWN_FACILITY: Final = 255  # h10301:255:x is never generated (bench.credenti
 _CACHE_FORMAT: Final = "1"  # bump when the cached store's content changes
 _CHILD_CONFIG: Final = "child.json"
 _OK_MARKER: Final = "complete"
+FALLBACK_JITTER_S: Final = 0.060  # until the poll period is measured (or if it cannot be)
 DEFAULT_CACHE_DIR: Final = Path("/tmp/warding-bench-cache")  # noqa: S108 - a cache, not a secret
 
 
@@ -105,7 +119,7 @@ class Options:
     credentials: int = 1_000_000
     small: int = 1000
     warmup: int = 10
-    jitter_ms: float = 60.0
+    jitter_ms: float | None = None  # None: one poll period, measured on the floor's line
     pulse_s: float = 0.005
     poll_interval_ms: int = 50
     unknown_rate: float = 0.02
@@ -147,7 +161,8 @@ def credential_store(n: int, cache_dir: Path) -> StoreFiles:
     """The cached store of ``n`` generated cardholders (built now if missing).
 
     One card each (``bench.credential_import.card_key``), all with access to ``DOOR`` at any
-    time. Built in a private directory and renamed into place only when complete.
+    time. Built in a private directory and renamed into place only when complete; stores of
+    the same size built by other versions of the code are removed then.
     """
     from bench.credential_import import LEVELS, write_csv
     from controller.access.csvio import import_csv
@@ -180,6 +195,9 @@ def credential_store(n: int, cache_dir: Path) -> StoreFiles:
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
+    for stale in cache_dir.glob(f"badge-creds-{n}-*"):  # built by older code: ~450 MB each
+        if stale != final:
+            shutil.rmtree(stale, ignore_errors=True)
     return StoreFiles(final / "credentials.db", final / "site.secret", n, time.perf_counter() - t0)
 
 
@@ -271,15 +289,21 @@ async def _child(config: Mapping[str, Any]) -> None:
     from controller.access.formats import CardFormat, encode_wiegand, parse_card
     from controller.settings import parse_toml
     from drivers.osdp.keys import load_scbk
-    from simulators.osdp_reader import SimOsdpPd, SimOsdpReader
+    from simulators.osdp_reader import SimIndication, SimOsdpPd, SimOsdpReader
     from simulators.site import SimSite
 
     settings = parse_toml(config["site"], "<bench simulators>")
     out = sys.stdout
+    out_lock = threading.Lock()  # coil events come from the loop, reader commands from a thread
 
     def send(obj: Mapping[str, Any]) -> None:
-        out.write(json.dumps(obj, separators=(",", ":")) + "\n")
-        out.flush()
+        line = json.dumps(obj, separators=(",", ":")) + "\n"
+        with out_lock:
+            out.write(line)
+            out.flush()
+
+    def command_received(line: str, indication: SimIndication) -> None:
+        send({"ev": "cmd", "line": line, "command": indication.command, "t": indication.at})
 
     def coils_changed(board: str, changed: Mapping[int, bool]) -> None:
         t = time.monotonic()
@@ -290,6 +314,7 @@ async def _child(config: Mapping[str, Any]) -> None:
     lines: list[SimOsdpReader] = []
     for name, spec in config["lines"].items():
         pd = SimOsdpPd(int(spec["address"]), load_scbk(Path(spec["key_file"])), name=name)
+        pd.on_command = functools.partial(command_received, name)
         pds[name] = pd
         lines.append(SimOsdpReader(pd, device=spec["device"]))
 
@@ -352,6 +377,9 @@ class SimChild:
         self._next_id = 0
         self._presented: dict[int, asyncio.Future[float]] = {}
         self._coil_waiters: dict[tuple[str, bool], list[asyncio.Future[float]]] = {}
+        self.commands: dict[str, int] = {DAEMON_LINE: 0, FLOOR_LINE: 0}
+        """Commands (LED, buzzer...) each line's reader received from its control panel."""
+        self._command_waiters: list[tuple[str, int, asyncio.Future[float]]] = []
 
     async def start(self, timeout_s: float = 30.0) -> None:
         """Spawn the simulators and wait until they report their ports."""
@@ -416,6 +444,12 @@ class SimChild:
         self._coil_waiters.setdefault((board, value), []).append(fut)
         return fut
 
+    def expect_commands(self, line: str, n: int) -> asyncio.Future[float]:
+        """A future for the time ``line``'s reader receives its ``n``-th command from now."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._command_waiters.append((line, self.commands[line] + n, fut))
+        return fut
+
     async def coil_settled(self, board: str, value: bool, timeout_s: float) -> None:
         """Return once ``board``'s coil 0 is ``value`` (TimeoutError otherwise)."""
         if self.coils[board] is value:
@@ -455,6 +489,8 @@ class SimChild:
                         fut.set_exception(RuntimeError(str(msg["error"])))
                     else:
                         fut.set_result(float(msg["t0"]))
+            elif msg.get("ev") == "cmd":
+                self._command(str(msg["line"]), float(msg["t"]))
             elif msg.get("ev") == "coil" and int(msg["coil"]) == COIL:
                 board, value = str(msg["board"]), bool(msg["value"])
                 self.coils[board] = value
@@ -468,9 +504,21 @@ class SimChild:
         for fut in [
             *self._presented.values(),
             *(f for w in self._coil_waiters.values() for f in w),
+            *(f for _, _, f in self._command_waiters),
         ]:
             if not fut.done():
                 fut.set_exception(error)
+
+    def _command(self, line: str, t: float) -> None:
+        self.commands[line] += 1
+        still = []
+        for waiter in self._command_waiters:
+            name, target, fut = waiter
+            if name != line or self.commands[name] < target:
+                still.append(waiter)
+            elif not fut.done():
+                fut.set_result(t)
+        self._command_waiters = still
 
 
 # -- the bare libosdp control panel (OSDP floor) --------------------------------------------------
@@ -496,15 +544,19 @@ class BareControlPanel:
         self._channel: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[float] | None = None
+        self._tx: Any = None  # drivers.osdp.wire.Decoder
+        self._polls: collections.deque[float] = collections.deque(maxlen=65)
         self.unexpected = 0
 
     def start(self) -> None:
         """Open the line, build the context, start pumping."""
-        from drivers.osdp.channel import SerialChannel  # a plain pty reader/writer, no taps
+        from drivers.osdp import wire
+        from drivers.osdp.channel import SerialChannel  # a plain pty reader/writer
 
         self._loop = asyncio.get_running_loop()
         self._osdp.set_loglevel(self._osdp.LOG_CRIT)
-        self._channel = SerialChannel(str(self.device), 115200)
+        self._tx = wire.Decoder()
+        self._channel = SerialChannel(str(self.device), 115200, on_tx=self._tap_tx)
         self._channel.open()
         info = {
             "name": "floor",
@@ -526,6 +578,14 @@ class BareControlPanel:
         with self._lock:
             cp = self._cp
             return cp is not None and bool(cp.status() & 1) and bool(cp.sc_status() & 1)
+
+    def poll_period_s(self) -> float | None:
+        """The median interval between libosdp's recent POLLs on this line (None: too few)."""
+        times = list(self._polls)
+        if len(times) < 9:
+            return None
+        gaps = sorted(b - a for a, b in itertools.pairwise(times))
+        return gaps[len(gaps) // 2]
 
     def expect(self) -> asyncio.Future[float]:
         """A future for the time libosdp delivers the next card read."""
@@ -559,6 +619,16 @@ class BareControlPanel:
                 next_at = time.monotonic()
                 delay = 0.0001
             self._stop.wait(delay)
+
+    def _tap_tx(self, data: bytes) -> None:
+        """(Pumping thread) note when libosdp sends a POLL: only its code, never the data."""
+        from drivers.osdp import wire
+
+        self._tx.feed(data)
+        now = time.monotonic()
+        for frame in self._tx.frames():
+            if not frame.reply and frame.code == wire.CMD_POLL:
+                self._polls.append(now)
 
     def _on_event(self, _pd: int, event: dict[str, Any]) -> int:
         t = time.monotonic()
@@ -597,7 +667,7 @@ class Samples:
         default_factory=lambda: {"1m": 0, "1k": 0, "osdp": 0, "modbus": 0, "unknown": 0}
     )
     unknown: int = 0
-    untapped: int = 0
+    feedback_missing: int = 0
     errors: list[str] = field(default_factory=list)
 
     def note(self, kind: str, error: str) -> None:
@@ -638,6 +708,10 @@ class Bench:
         self.store_small: Any = None
         self._task: asyncio.Task[int] | None = None
         self._tap_waiter: asyncio.Future[float] | None = None
+        self.feedback_commands = _feedback_commands()
+        fixed = opts.jitter_ms is not None
+        self.jitter_s = (opts.jitter_ms or 0.0) / 1000 if fixed else FALLBACK_JITTER_S
+        self.poll_period_s: float | None = None
 
     # -- set-up and tear-down
 
@@ -775,8 +849,31 @@ class Bench:
 
     # -- one presentation of each kind
 
+    async def _diagnose(self, tapped: bool, decisions: int) -> str:
+        """What became of a card that opened nothing: the loop, the decision, the driver."""
+        if not tapped:
+            bus = next(iter(self.daemon.buses.values()), None)
+            stats = dict(getattr(bus, "stats", {}))
+            return f"the card never reached the event loop (OSDP driver stats {stats})"
+        if decisions == 0:
+            return "the card reached the event loop but no decision was made"
+        journal = self.daemon.journal
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(journal.flush(), 5.0)
+        for entry in reversed(await journal.tail(50)):
+            if entry.kind == "access.decision":
+                return f"decision {entry.data.get('reason')!r}"
+        return "decided, but no decision in the journal"
+
+    async def _feedback_done(self, feedback: asyncio.Future[float]) -> None:
+        """Wait until the reader got the decision's LED/buzzer commands (see the docstring)."""
+        try:
+            await asyncio.wait_for(feedback, self.opts.timeout_s)
+        except (TimeoutError, RuntimeError):
+            self.samples.feedback_missing += 1
+
     async def _pause(self) -> None:
-        await asyncio.sleep(self.rng.uniform(0.0, self.opts.jitter_ms / 1000))
+        await asyncio.sleep(self.rng.uniform(0.0, self.jitter_s))
 
     def _check_alive(self) -> None:
         if self._task is not None and self._task.done():
@@ -787,42 +884,51 @@ class Bench:
         s = self.samples
         access = self.daemon.access
         info = access.readers[READER]
+
+        def fail(error: str) -> None:
+            if record:
+                s.note(series, error)
+
         try:
             await self.child.coil_settled(DAEMON_BOARD, False, self.opts.timeout_s)
         except TimeoutError:
-            s.note(series, "the door did not relock after the previous grant")
+            fail("the door did not relock after the previous grant")
             return
         await self._pause()
         small = series == "1k"
         count = self.small_files.credentials if small else self.big.credentials
         card = _card_key(self.rng.randrange(count))
-        grants = info.grants
+        grants, decisions = info.grants, info.decisions
         access.store = self.store_small if small else self.store_big
         energised = self.child.expect_coil(DAEMON_BOARD, True)
+        feedback = self.child.expect_commands(DAEMON_LINE, self.feedback_commands)
         tapped: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._tap_waiter = tapped
         try:
             t0 = await self.child.present(DAEMON_LINE, card)
             t1 = await asyncio.wait_for(energised, self.opts.timeout_s)
         except (TimeoutError, RuntimeError) as exc:
+            feedback.cancel()
             if record:
-                s.note(series, f"no energised coil: {exc or type(exc).__name__}")
+                why = await self._diagnose(tapped.done(), info.decisions - decisions)
+                fail(f"no energised coil ({str(exc) or type(exc).__name__}): {why}")
             return
         finally:
             access.store = self.store_big
             self._tap_waiter = None
+        await self._feedback_done(feedback)
         if info.grants != grants + 1:
-            s.note(series, f"coil energised but {info.grants - grants} grants were counted")
+            fail(f"coil energised but {info.grants - grants} grants were counted")
             return
-        if not record:
+        # the coil must be this card's doing: its read reached the loop before the coil moved
+        t_loop = tapped.result() if tapped.done() else None
+        if t_loop is None or not t0 < t_loop < t1:
+            fail("the coil was energised before this card reached the event loop")
             return
-        s.total[series].append(t1 - t0)
-        if tapped.done():
-            t_loop = tapped.result()
+        if record:
+            s.total[series].append(t1 - t0)
             s.bridge[series].append(t_loop - t0)
             s.daemon[series].append(t1 - t_loop)
-        else:
-            s.untapped += 1
 
     async def unknown(self) -> None:
         """Present a card nobody holds (untimed); it must be denied and open nothing."""
@@ -837,15 +943,18 @@ class Bench:
         decisions, grants = info.decisions, info.grants
         card = f"h10301:{UNKNOWN_FACILITY}:{self.rng.randrange(65536)}"
         s.unknown += 1
+        feedback = self.child.expect_commands(DAEMON_LINE, self.feedback_commands)
         try:
             await self.child.present(DAEMON_LINE, card)
         except (TimeoutError, RuntimeError) as exc:
+            feedback.cancel()
             s.note("unknown", str(exc))
             return
         deadline = time.monotonic() + self.opts.timeout_s
         # no event marks a decision: poll its counter (untimed, so the poll costs nothing)
         while info.decisions == decisions and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
+        await self._feedback_done(feedback)
         if info.decisions == decisions:
             s.note("unknown", "no decision")
         elif info.grants != grants or self.child.coils[DAEMON_BOARD]:
@@ -861,7 +970,7 @@ class Bench:
             t_cp = await asyncio.wait_for(fut, self.opts.timeout_s)
         except (TimeoutError, RuntimeError) as exc:
             if record:
-                self.samples.note("osdp", f"no card event: {exc or type(exc).__name__}")
+                self.samples.note("osdp", f"no card event: {str(exc) or type(exc).__name__}")
             return
         if record:
             self.samples.osdp_floor.append(t_cp - t0)
@@ -895,6 +1004,8 @@ class Bench:
         for i in range(self.opts.warmup + self.opts.n):
             self._check_alive()
             record = i >= self.opts.warmup
+            if i == self.opts.warmup:
+                self._measure_poll_period()
             kinds = ["1m", "1k", "osdp"]
             self.rng.shuffle(kinds)
             for kind in kinds:
@@ -907,11 +1018,34 @@ class Bench:
                 await self.unknown()
         return self.samples
 
+    def _measure_poll_period(self) -> None:
+        """Pauses of 0..one poll period give every phase of the poll the same weight."""
+        assert self.cp is not None
+        self.poll_period_s = self.cp.poll_period_s()
+        if self.opts.jitter_ms is None and self.poll_period_s is not None:
+            self.jitter_s = self.poll_period_s
+
     def driver_stats(self) -> dict[str, float]:
-        """The daemon's OSDP refresh thread figures."""
+        """The daemon's OSDP driver figures: refresh thread, cards, drops."""
         bus = next(iter(self.daemon.buses.values()), None)
-        stats = getattr(bus, "tick_stats", None)
-        return dict(stats()) if stats is not None else {}
+        tick_stats = getattr(bus, "tick_stats", None)
+        out = dict(tick_stats()) if tick_stats is not None else {}
+        counters = getattr(bus, "stats", {})
+        for key in ("cards", "dropped_insecure", "kicks", "line_failures"):
+            if key in counters:
+                out[key] = counters[key]
+        return out
+
+
+def _feedback_commands() -> int:
+    """How many commands the driver sends a reader for a grant (and for a denial)."""
+    from drivers.base import Indication
+    from drivers.osdp.driver import INDICATION_COMMANDS
+
+    granted = len(INDICATION_COMMANDS[Indication.GRANTED])
+    if granted != len(INDICATION_COMMANDS[Indication.DENIED]):
+        raise RuntimeError("grant and denial feedback differ in length: update the bench")
+    return granted
 
 
 def _card_key(i: int) -> str:
@@ -1000,12 +1134,11 @@ def report(opts: Options, s: Samples, extra: Mapping[str, Any]) -> dict[str, Any
             "credentials_1k": opts.small,
             "rounds": opts.n,
             "warmup": opts.warmup,
-            "jitter_ms": opts.jitter_ms,
             "pulse_s": opts.pulse_s,
             "board_poll_interval_ms": opts.poll_interval_ms,
             "unknown_cards": s.unknown,
             "failures": dict(s.failures),
-            "untapped": s.untapped,
+            "feedback_missing": s.feedback_missing,
             **extra,
         }
     )
@@ -1059,10 +1192,14 @@ async def _measure(opts: Options, workdir: Path, big: StoreFiles, small: StoreFi
         t0 = time.monotonic()
         samples = await bench.run_rounds()
         elapsed = time.monotonic() - t0
+        period = bench.cp.poll_period_s() if bench.cp is not None else None
         extra = {
+            "jitter_ms": round(1000 * bench.jitter_s, 3),
+            "poll_period_ms": None if period is None else round(1000 * period, 3),
             "measure_s": round(elapsed, 1),
             "osdp_driver": {k: round(v, 3) for k, v in bench.driver_stats().items()},
             "stray_grants": bench.child.stray_energised,
+            "floor_osdp_unexpected": bench.cp.unexpected if bench.cp is not None else 0,
         }
         return samples, extra
     finally:
@@ -1121,7 +1258,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     )
     p.add_argument("--warmup", type=_non_negative, default=10, help="unrecorded rounds (10)")
     p.add_argument(
-        "--jitter-ms", type=float, default=60.0, help="pause before a card: 0..this (60)"
+        "--jitter-ms",
+        type=float,
+        default=None,
+        help="pause before a card: 0..this (default: one poll period, measured in the run)",
     )
     p.add_argument(
         "--unknown-rate", type=_fraction, default=0.02, help="unknown cards per round (0.02)"
@@ -1136,7 +1276,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     args = p.parse_args(argv)
     if args.credentials > 10_000_000 or args.small > 10_000_000:
         p.error("at most 10000000 credentials")
-    if not 0 <= args.jitter_ms <= 1000:
+    if args.jitter_ms is not None and not 0 <= args.jitter_ms <= 1000:
         p.error("--jitter-ms must be between 0 and 1000")
     opts = Options(
         n=args.n,

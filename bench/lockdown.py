@@ -6,53 +6,54 @@ in a temp dir) against 16 simulated Modbus TCP boards in a subprocess (``warding
 --config FILE --control SOCK``, ``bench._common.SimulatorProcess``). The site has 256 doors,
 16 per board, one zone per board; every fourth door is a fail-safe egress door, the others
 fail-secure, so each board's FC15 carries a mix of energised and de-energised coils. One panic
-input (board ``w00``, input 0) is configured with the demo site's debounce
-(``config/demo-site.toml``: ``panic_debounce_ms``) and every board polls its inputs at the demo's
-``poll_interval_ms``.
+input (board ``w00``, input 0) has the demo site's debounce (``config/demo-site.toml``:
+``panic_debounce_ms``) and every board polls its inputs at the demo's ``poll_interval_ms``.
 
 Each trial
 ----------
-* untimed reset: release the panic input at the simulator and wait until the daemon has seen it
-  released; two distinct authorised all-clears through ``LockdownRunner.submit`` (in process:
-  the all-clear path is not what is measured); ``command_many(all, "unlock")`` until every door
-  is read back unlocked (so the lockdown has to move every relay, as in business hours);
-  drain the journal; a random pause, uniform 0..poll interval, so the panic edge lands at every
-  phase of the boards' polling.
-* timed: t0 is taken right before the request ``{"cmd": "board", "action": "input", ...,
-  "value": true}`` is written to the simulator's control socket; the simulator applies it
-  before it replies, so the true moment lies in [t0, t0 + control round trip]: t0 is
-  pessimistic for warding by at most ``ctl_rtt`` (reported). The simulator's reply carries no
-  clock of its own, hence this choice.
+* untimed reset: release the panic input at the simulator and wait until the daemon has polled
+  it; two distinct authorised all-clears through ``LockdownRunner.submit`` (in process: the
+  all-clear path is not what is measured); ``command_many(all, "unlock")`` until every door is
+  read back unlocked (so the lockdown has to move every relay, as in business hours); wait
+  until the lockdown state is persisted and the journal drained; then a random pause, uniform
+  0..poll interval, so that the panic edge lands at every phase of the boards' polling.
+* t0 is taken right before the request ``{"cmd": "board", "action": "input", ..., "value":
+  true}`` is written to the simulator's control socket (one connection, kept open). The
+  simulator sets the input as soon as it has parsed the line, then builds its reply (a
+  snapshot of the board), so the true moment lies in [t0, t0 + ``ctl_rtt``] and close to its
+  start: t0 is pessimistic for warding by one socket hop (~0.1-0.2 ms here; the round trip,
+  mostly the snapshot, is reported). The reply carries no clock of the simulator's own.
 * t_end: the moment the lockdown runner journals ``lockdown.status`` with ``confirmed ==
-  total == 256``, i.e. every held door's relay has been read back locked by its board after the
-  lockdown's FC15 (the runner's own verification; a door counts only when its board is up, the
-  door has no fault and the readback shows the lock's locked value). The runner's recorder is
-  wrapped by a tap that timestamps the records it passes on; nothing else is changed.
+  total == 256``: the runner's own verification, which counts a door only when its board is
+  up, the door has no fault, and a relay readback taken after the hold began shows the lock's
+  locked value. The runner's recorder is wrapped by a tap that timestamps what it forwards.
 
-The tap also splits every sample: ``detect`` (t0 to the runner's ``lockdown.input`` record:
-the phase of the input poll, one FC2, the driver-to-service hand-off), ``debounce`` (to the
-``lockdown.trigger`` record), ``fanout`` (to the moment every door's relay command has been
-answered by the board's FC1 readback: the door service's ``outcome`` futures) and ``verify``
-(from there to the runner's confirmation).
+Each sample is split by the tap: ``detect`` (t0 to the runner's ``lockdown.input`` record: the
+phase of the input poll, one FC2, the driver-to-runner hand-off), ``debounce`` (to the
+``lockdown.trigger`` record), ``fanout`` (to the moment every board's last readback shows all
+its doors locked, checked whenever the door service receives a readback: the hold's CPU work,
+the FC15 + FC1 per board, the readback handling) and ``verify`` (from there to the runner's
+confirmation). The door service's ``on_driver_event`` is wrapped to see those readbacks; the
+bench changes nothing else in the daemon.
 
 The floor, measured in the same run
 -----------------------------------
 ``floor_ms = debounce + poll interval + raw fan-out p99``: the configured debounce and poll
-interval (the minimum any poller with this debounce must take in the worst phase) plus the
-p99 of the same writes and readbacks done with raw pymodbus and no warding code, as in
-``bench.door_fanout``: per board, concurrently, one FC15 of the same 16 lock values and one
-FC1 of the same span, against twin boards in the same simulator process (writing the daemon's
-own boards behind its back would, rightly, fault its doors). A floor round follows (or, every
-other trial, precedes) each lockdown trial after the same kind of random pause.
+interval (the least any poller with this debounce takes in the worst phase) plus the p99 of
+the same writes and readbacks with raw pymodbus and no warding code, as in
+``bench.door_fanout``: per board, concurrently, one FC15 of the same 16 lock values and one FC1
+of the same span, against twin boards in the same simulator process (writing the daemon's own
+boards behind its back would, rightly, fault its doors), each round from the same quiet daemon
+(state persisted, journal drained, boards polling) and after the same kind of random pause.
+A floor round follows each lockdown trial (precedes it, every other trial).
 ``overhead_p99_ms = p99_ms - floor_ms``. Targets (issue 4): overhead_p99_ms <= 10 and
-p99_ms < 250 with the demo's debounce and poll settings.
+p99_ms < 250 with the demo's debounce and poll settings. BENCHMARKS.md has figures and findings.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import random
 import sys
@@ -83,7 +84,7 @@ from controller.lockdown.model import SITE, AllClear
 from controller.lockdown.runner import LockdownRunner
 from controller.sdnotify import SdNotifier
 from controller.settings import Settings, parse_toml
-from drivers.base import LinkState
+from drivers.base import CoilsRead, DriverEvent, LinkState
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_SITE = ROOT / "config" / "demo-site.toml"
@@ -259,7 +260,6 @@ class Tap:
         self.daemon = daemon
         self.total = total
         self.locked_coils = locked_coils
-        self._watchers: set[asyncio.Future[None]] = set()
         self.marks = TrialMarks()
         self.released = asyncio.Event()
         self.confirmed = asyncio.Event()
@@ -283,7 +283,9 @@ class Tap:
                 self.released.set()
         elif kind == "lockdown.trigger" and m.trigger is None:
             m.trigger = now
-            self._start_watch(m)
+            # the runner hands every door its hold right after journaling the trigger, in this
+            # same callback: by our turn the door service has queued every relay command
+            asyncio.get_running_loop().call_soon(self._watch_outcomes)
         elif (
             kind == "lockdown.status"
             and m.confirmed is None
@@ -293,27 +295,46 @@ class Tap:
             m.confirmed = now
             self.confirmed.set()
 
-    def _start_watch(self, m: TrialMarks) -> None:
-        task = asyncio.ensure_future(self._watch_readbacks(m))
-        self._watchers.add(task)
-        task.add_done_callback(self._watchers.discard)
+    def install(self) -> None:
+        """Also watch the readbacks the door service receives (see ``_check_written``)."""
+        doors = self.daemon.doors
+        assert doors is not None
+        inner = doors.on_driver_event
 
-    async def _watch_readbacks(self, m: TrialMarks) -> None:
-        """Note when every board's last readback shows all its doors locked (``written``).
+        def on_driver_event(event: DriverEvent) -> None:
+            inner(event)
+            if isinstance(event, CoilsRead):
+                self._check_written()
 
-        Checked every millisecond from the trigger on (16 tuple comparisons a tick), on the
-        boards' ``coils`` (their last FC1 readback, which the door service receives in the
-        same loop turn). Following the relay commands' futures instead is not exact: a
-        command superseded by a re-assert resolves only with the newer one.
+        # the daemon's event pump looks the method up at every event
+        doors.on_driver_event = on_driver_event  # type: ignore[method-assign]
+
+    def _watch_outcomes(self) -> None:
+        """Check again when any pending relay command of the lockdown is answered."""
+        doors = self.daemon.doors
+        assert doors is not None
+        pending = {
+            fut
+            for n in doors.door_names
+            if (fut := doors.outcome(n)) is not None and not fut.done()
+        }
+        for fut in pending:
+            fut.add_done_callback(lambda _: self._check_written())
+        self._check_written()
+
+    def _check_written(self) -> None:
+        """Note (once per trial) when every board's last readback shows all its doors locked.
+
+        The door service gets a board's readback through the relay command's future or a
+        ``CoilsRead`` event, in the same loop turn as the board's ``coils`` is updated; both
+        paths call this (16 tuple comparisons). That moment ends ``fanout``.
         """
-        boards = [self.daemon.boards[b] for b in sorted(self.locked_coils)]
-        want = [self.locked_coils[b.name] for b in boards]
-        deadline = time.perf_counter() + TRIAL_TIMEOUT_S
-        while time.perf_counter() < deadline:
-            if all(b.coils == w for b, w in zip(boards, want, strict=True)):
-                m.written = time.perf_counter()
-                return
-            await asyncio.sleep(0.001)
+        m = self.marks
+        if m.trigger is None or m.written is not None:
+            return
+        boards = self.daemon.boards
+        if all(boards[b].coils == want for b, want in self.locked_coils.items()):
+            m.written = time.perf_counter()
 
 
 class SimControl:
@@ -399,6 +420,7 @@ class Bench:
         self.tap: Tap | None = None
         self._task: asyncio.Task[int] | None = None
         self._clears = 0
+        self._panic_on = False
 
     # -- set-up and tear-down
 
@@ -421,6 +443,7 @@ class Bench:
         locked = {f"w{b:02d}": tuple(o.coil_values(b, locked=True)) for b in range(o.boards)}
         self.tap = Tap(runner.recorder, self.daemon, o.doors, locked)
         runner.recorder = self.tap
+        self.tap.install()
         await self.sim.connect()
         for port in self.raw_ports:
             self.clients.append(
@@ -467,8 +490,9 @@ class Bench:
                 await asyncio.wait_for(asyncio.shield(task), STOP_TIMEOUT_S)
             except TimeoutError:
                 task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task  # its failure, if any, was reported by _check_daemon
+                await asyncio.wait({task}, timeout=STOP_TIMEOUT_S)  # bounded, come what may
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: its failure, if any, was reported by _check_daemon
 
     async def _pause(self) -> None:
         """A random pause of up to one poll interval (same distribution for every kind)."""
@@ -476,18 +500,28 @@ class Bench:
 
     # -- the lockdown trial
 
+    async def _release_panic(self) -> None:
+        """Release the panic input at the simulator; wait until the daemon has polled it."""
+        tap = self.tap
+        assert tap is not None
+        seen = tap.marks.seen is not None  # the daemon saw it active: it will see the release
+        tap.released.clear()
+        await self.sim.request(panic_request(False))
+        self._panic_on = False
+        if seen:
+            await asyncio.wait_for(tap.released.wait(), TRIAL_TIMEOUT_S)
+        else:
+            await asyncio.sleep(3 * self.opts.poll_interval_ms / 1000)
+
     async def _reset(self) -> bool:
         """Untimed: panic released, lockdown all-cleared, every door unlocked and read back."""
-        tap = self.tap
         doors = self.daemon.doors
-        assert tap is not None
         assert doors is not None
         runner = self.runner
+        if self._panic_on:
+            await self._release_panic()
         if runner.held_doors():
-            tap.released.clear()
-            await self.sim.request(panic_request(False))
-            await asyncio.wait_for(tap.released.wait(), TRIAL_TIMEOUT_S)
-            for who in ("first", "second"):
+            for who in ("first", "second"):  # two distinct authorised persons
                 self._clears += 1
                 person = f"bench all-clear {who} #{self._clears}"
                 await runner.submit(AllClear(SITE, person, True, "bench", runner.wall()))
@@ -499,9 +533,14 @@ class Bench:
         if bad:
             self.samples.note(f"unlock {bad[0].door}: {bad[0].error}")
             return False
-        if self.daemon.journal is not None:
-            await self.daemon.journal.flush()  # a lockdown starts from a quiet journal
+        await self.quiet()
         return True
+
+    async def quiet(self) -> None:
+        """Wait until the daemon has nothing left to persist or journal (untimed)."""
+        await self.runner.flush()
+        if self.daemon.journal is not None:
+            await self.daemon.journal.flush()
 
     async def lockdown_trial(self, record: bool) -> None:
         """Reset (untimed), then time the panic input until every door is confirmed secure."""
@@ -515,6 +554,7 @@ class Bench:
         m = tap.marks
         t0 = time.perf_counter()
         self.sim.send(panic_request(True))
+        self._panic_on = True
         await self.sim.reply()
         t_reply = time.perf_counter()
         try:
@@ -563,14 +603,19 @@ class Bench:
     async def floor_round(self, record: bool) -> None:
         """Raw pymodbus: unlock values (untimed), then time the lock values with readback."""
         o = self.opts
+        await self.quiet()  # the same background as the lockdown's fan-out: only polling
         unlock = [o.coil_values(b, locked=False) for b in range(o.boards)]
         lock = [o.coil_values(b, locked=True) for b in range(o.boards)]
         ok = all(
-            await asyncio.gather(*(self._raw_board(c, v) for c, v in zip(self.clients, unlock)))
+            await asyncio.gather(
+                *(self._raw_board(c, v) for c, v in zip(self.clients, unlock, strict=True))
+            )
         )
         await self._pause()
         t0 = time.perf_counter()
-        done = await asyncio.gather(*(self._raw_board(c, v) for c, v in zip(self.clients, lock)))
+        done = await asyncio.gather(
+            *(self._raw_board(c, v) for c, v in zip(self.clients, lock, strict=True))
+        )
         elapsed = time.perf_counter() - t0
         if not record:
             return
@@ -685,26 +730,25 @@ def report(opts: Options, s: Samples) -> dict[str, Any]:
 def summary_text(r: dict[str, Any]) -> str:
     """A few readable lines of the figures."""
     met = "met" if r["target_met"] else "MISSED"
+
+    def row(label: str, key: str) -> str:
+        return f"  {label:<33} p50 {r[key + 'p50_ms']:8.3f} ms   p99 {r[key + 'p99_ms']:8.3f} ms"
+
     return "\n".join(
         [
             f"lockdown: {r['doors']} doors on {r['boards']} boards, {r['n']} trials, debounce "
             f"{r['debounce_ms']} ms, poll every {r['poll_interval_ms']} ms",
-            f"  panic input -> all confirmed   p50 {r['p50_ms']:8.3f} ms   p99 {r['p99_ms']:8.3f} ms",
-            f"    detect (poll phase + FC2)    p50 {r['detect_p50_ms']:8.3f} ms   "
-            f"p99 {r['detect_p99_ms']:8.3f} ms",
-            f"    debounce                     p50 {r['debounce_p50_ms']:8.3f} ms   "
-            f"p99 {r['debounce_p99_ms']:8.3f} ms",
-            f"    fan-out (FC15 + FC1)         p50 {r['fanout_p50_ms']:8.3f} ms   "
-            f"p99 {r['fanout_p99_ms']:8.3f} ms",
-            f"    runner verification lag      p50 {r['verify_p50_ms']:8.3f} ms   "
-            f"p99 {r['verify_p99_ms']:8.3f} ms",
-            f"  raw pymodbus fan-out           p50 {r['raw_fanout_p50_ms']:8.3f} ms   "
-            f"p99 {r['raw_fanout_p99_ms']:8.3f} ms",
-            f"  control round trip (t0 bound)  p50 {r['ctl_rtt_p50_ms']:8.3f} ms   "
-            f"p99 {r['ctl_rtt_p99_ms']:8.3f} ms",
-            f"  floor {r['floor_ms']:.3f} ms; overhead p99 {r['overhead_p99_ms']:.3f} ms "
+            row("panic input -> all confirmed", ""),
+            row("  detect (poll phase + FC2)", "detect_"),
+            row("  debounce", "debounce_"),
+            row("  fan-out (hold, FC15 + FC1)", "fanout_"),
+            row("  runner verification lag", "verify_"),
+            row("raw pymodbus fan-out", "raw_fanout_"),
+            row("control round trip (t0 bound)", "ctl_rtt_"),
+            f"  floor {r['floor_ms']:.3f} ms = {r['debounce_ms']} + {r['poll_interval_ms']} + "
+            f"{r['raw_fanout_p99_ms']:.3f}; overhead p99 {r['overhead_p99_ms']:.3f} ms "
             f"(target <= {r['target_overhead_p99_ms']}), p99 target < {r['target_p99_ms']}: "
-            f"{met}; failures {r['failures']}",
+            f"{met}; failures {r['failures']}, FC15 per lockdown {r['fc15_per_lockdown']}",
             *(f"  error: {e}" for e in r.get("errors", [])),
         ]
     )

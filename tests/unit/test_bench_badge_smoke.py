@@ -72,7 +72,7 @@ def test_parse_args_defaults_match_the_issue() -> None:
     assert opts.small == 1000
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)  # ~3 s on an idle machine
 def test_badge_to_relay_runs_and_prints_one_json_object(tmp_path: Path) -> None:
     n = 10
     proc = subprocess.run(
@@ -97,7 +97,7 @@ def test_badge_to_relay_runs_and_prints_one_json_object(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=50,
+        timeout=25,
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
