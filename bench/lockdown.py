@@ -509,7 +509,12 @@ class Bench:
         await self.sim.request(panic_request(False))
         self._panic_on = False
         if seen:
-            await asyncio.wait_for(tap.released.wait(), TRIAL_TIMEOUT_S)
+            try:
+                await asyncio.wait_for(tap.released.wait(), TRIAL_TIMEOUT_S)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"the daemon did not see the panic input released within {TRIAL_TIMEOUT_S} s"
+                ) from None
         else:
             await asyncio.sleep(3 * self.opts.poll_interval_ms / 1000)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import time
@@ -207,6 +208,10 @@ class Daemon:
                     self._spawn(tg, board.run(), f"board:{board.name}")
                 self._spawn(tg, self.doors.run(), "doors")
                 await self._start_up()
+                # everything built at start-up lives as long as the daemon: move it out of
+                # the collector's sight so a full collection never stalls a lockdown fan-out
+                gc.collect()
+                gc.freeze()
                 for bus in self.buses.values():
                     self._spawn(tg, bus.run(), f"readers:{bus.name}")
                 self._spawn(tg, self.access.run(), "access")

@@ -42,6 +42,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
@@ -106,11 +107,20 @@ _SELECT_EVENTS: Final = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events"  # noq
 # --------------------------------------------------------------------------- encoding and hashing
 
 
+_ts_second: tuple[int, str] = (-1, "")  # (epoch second, its prefix): one strftime a second
+
+
 def format_ts(moment: datetime | None = None) -> str:
     """Return ``moment`` (default: now) as ISO-8601 UTC with microseconds and a ``Z``."""
+    global _ts_second  # noqa: PLW0603 - a cache replaced whole (atomic), never mutated
     if moment is None:
-        moment = datetime.now(UTC)
-    elif moment.tzinfo is None:
+        # the hot path (every record): format the second once, then only the microseconds
+        sec, us = divmod(time.time_ns() // 1000, 1_000_000)
+        cached = _ts_second
+        if cached[0] != sec:
+            cached = _ts_second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+        return f"{cached[1]}.{us:06d}Z"
+    if moment.tzinfo is None:
         raise ValueError("journal timestamps need an aware datetime")
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -306,14 +306,26 @@ def _hold(spec: DoorSpec, state: DoorState, event: Hold, effects: list[Record]) 
     released = spec.egress and (
         (event.fire and spec.lock == FAIL_SAFE) or (event.evacuate and not event.secured)
     )
-    if event.secured and not state.secured:
+    securing = event.secured and not state.secured
+    if securing:
         effects.append(Record("door.secure", {"secured": True}))
-        state = replace(state, intent=Intent.LOCKED, pulse_until=None, shunt_until=event.now)
     elif state.secured and not event.secured:
         effects.append(Record("door.secure", {"secured": False}))
     if released != state.released:
         why = "fire" if event.fire and spec.lock == FAIL_SAFE else "evacuation"
         effects.append(Record("door.release", {"released": released, "why": why}))
+    if securing:
+        # one replace, not two: a lockdown applies this to hundreds of doors in one turn
+        return replace(
+            state,
+            intent=Intent.LOCKED,
+            pulse_until=None,
+            shunt_until=event.now,
+            secured=True,
+            released=released,
+        )
+    if event.secured == state.secured and released == state.released:
+        return state  # nothing changes (the hold is re-applied to every door)
     return replace(state, secured=event.secured, released=released)
 
 

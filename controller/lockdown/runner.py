@@ -260,11 +260,32 @@ class LockdownRunner:
             # command every newly held door now, even one already locked, so that each is
             # confirmed by a readback taken after the lockdown began (one FC15 per board)
             self.doors.reassert(sorted(newly))
+            self._wake_on_readbacks(newly)
         for name in held_before - now_held:
             self._checks.pop(name, None)
         if not now_held:
             self._last_status = None
         self._wake.set()
+
+    def _wake_on_readbacks(self, names: set[str] | frozenset[str]) -> None:
+        """Verify as soon as every board has answered the hold's commands (not at the next tick)."""
+        pending = {
+            fut
+            for name in names
+            if (fut := self.doors.outcome(name)) is not None and not fut.done()
+        }
+        left = len(pending)
+        if not left:
+            return
+
+        def answered(_: asyncio.Future[Any]) -> None:
+            nonlocal left
+            left -= 1
+            if left == 0:
+                self._wake.set()
+
+        for fut in pending:
+            fut.add_done_callback(answered)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -315,8 +336,12 @@ class LockdownRunner:
         now = self.mono()
         groups: dict[Any, dict[str, Any]] = {}
         drifted: list[str] = []
+        incidents: dict[str, dict[str, Any]] = {}
         for name, check in self._checks.items():
-            incident = self.incident_for(self.zone_of[name])
+            zone = self.zone_of[name]
+            incident = incidents.get(zone)
+            if incident is None:
+                incident = incidents[zone] = self.incident_for(zone)
             group = groups.setdefault(
                 incident.get("incident"),
                 {
@@ -351,8 +376,10 @@ class LockdownRunner:
                 group["confirmed"].append(name)
             else:
                 status = "pending"
-                if st.relay is not None and st.relay != locked_value:
-                    drifted.append(name)
+                fut = self.doors.outcome(name)
+                in_flight = fut is not None and not fut.done()
+                if st.relay is not None and st.relay != locked_value and not in_flight:
+                    drifted.append(name)  # a command still in flight is not drift
             if status != check.status:
                 detail = st.fault_detail if status == "failed" else ""
                 if check.status == "secured" and status not in ("secured", "override", "released"):

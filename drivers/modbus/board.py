@@ -89,11 +89,8 @@ class ModbusRelayBoard:
         self.name = config.name
         self._link = link
         self._sink = sink
-        self._backoff = Backoff(
-            config.backoff_initial_s,
-            config.backoff_max_s,
-            rng or random.Random(),  # noqa: S311 - jitter, not crypto
-        )
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not crypto
+        self._backoff = Backoff(config.backoff_initial_s, config.backoff_max_s, self._rng)
         self._state = LinkState.DISCONNECTED
         self._desired: dict[int, bool] = {}
         self._pending: dict[int, bool] = {}
@@ -197,7 +194,8 @@ class ModbusRelayBoard:
 
     async def _serve(self) -> None:
         interval = self.config.poll_interval_s
-        next_poll = time.monotonic() + interval
+        # a random phase: boards that connected together do not all poll at the same instant
+        next_poll = time.monotonic() + interval * self._rng.random()
         while not self._closed:
             if not self._pending:
                 timeout = next_poll - time.monotonic()
@@ -218,7 +216,11 @@ class ModbusRelayBoard:
                     self._report_coils()
                 if time.monotonic() >= next_poll:
                     await self._poll()
-                    next_poll = time.monotonic() + interval
+                    # fixed rate: an input change waits at most one interval for its poll
+                    next_poll += interval
+                    now = time.monotonic()
+                    if next_poll <= now:
+                        next_poll = now + interval  # fell behind (slow board): no burst
                 self._failures = 0
             except (DeviceTimeoutError, DeviceProtocolError) as exc:
                 self._failures += 1
