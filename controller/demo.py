@@ -114,6 +114,7 @@ class Demo:
         self.daemon: asyncio.subprocess.Process | None = None
         self.last_seq = 0
         self.recent: list[str] = []
+        self._last_status: tuple[Any, ...] | None = None
 
     async def start_daemon(self) -> None:
         """Spawn ``warding run`` on the site file and wait for its control socket."""
@@ -257,6 +258,12 @@ class Demo:
         while True:
             status = await api_call(self.socket, "status")
             for e in await self.new_events():
+                if e.get("kind") == "lockdown.status":
+                    d = e.get("data") or {}
+                    key = (d.get("confirmed"), d.get("total"), d.get("failed"), d.get("propped"))
+                    if key == self._last_status:
+                        continue  # the once-a-second heartbeat: show it only when it changes
+                    self._last_status = key
                 self.recent.append(format_event(e))
             self.recent = self.recent[-12:]
             width = shutil.get_terminal_size((120, 40)).columns
