@@ -7,6 +7,7 @@ sorted samples), so a p99 is always a time that was actually measured.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -256,3 +257,51 @@ def temp_dir(prefix: str) -> Iterator[Path]:
     """A temporary directory (short path: Unix sockets live in it), removed afterwards."""
     with tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp") as d:
         yield Path(d)
+
+
+# -- site files and arguments shared by the benchmarks -----------------------------------------
+
+
+def board_lines(
+    name: str,
+    port: int,
+    *,
+    coils: int,
+    poll_interval_ms: int,
+    inputs: int = 16,
+    timeout_ms: int = 500,
+    host: str = LOCALHOST,
+    unit_id: int = 1,
+) -> list[str]:
+    """A ``[[boards]]`` entry for a simulated Modbus TCP board."""
+    return [
+        "[[boards]]",
+        f'name = "{name}"',
+        'transport = "tcp"',
+        f'host = "{host}"',
+        f"port = {port}",
+        f"unit_id = {unit_id}",
+        f"coils = {coils}",
+        f"inputs = {inputs}",
+        f"timeout_ms = {timeout_ms}",
+        f"poll_interval_ms = {poll_interval_ms}",
+        "backoff_initial_ms = 50",
+        "backoff_max_ms = 500",
+        "",
+    ]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (got {value})")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return 0 if text.strip() == "0" else positive_int(text)

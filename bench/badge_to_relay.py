@@ -83,7 +83,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
-from bench._common import emit_json, percentile, quiet_logs, temp_dir
+from bench._common import (
+    board_lines,
+    emit_json,
+    non_negative_int,
+    percentile,
+    positive_int,
+    quiet_logs,
+    temp_dir,
+)
 
 TARGET_OVERHEAD_P99_MS: Final = 5.0
 TARGET_RATIO_1M_1K: Final = 1.2
@@ -205,21 +213,16 @@ def credential_store(n: int, cache_dir: Path) -> StoreFiles:
 
 
 def _board_lines(name: str, port: int, opts: Options) -> list[str]:
-    return [
-        "[[boards]]",
-        f'name = "{name}"',
-        'transport = "tcp"',
-        f'host = "{HOST}"',
-        f"port = {port}",
-        f"unit_id = {UNIT_ID}",
-        "coils = 8",
-        "inputs = 8",
-        "timeout_ms = 500",
-        f"poll_interval_ms = {opts.poll_interval_ms}",
-        "backoff_initial_ms = 50",
-        "backoff_max_ms = 500",
-        "",
-    ]
+    return board_lines(
+        name,
+        port,
+        coils=8,
+        inputs=8,
+        timeout_ms=500,
+        poll_interval_ms=opts.poll_interval_ms,
+        host=HOST,
+        unit_id=UNIT_ID,
+    )
 
 
 def _head(workdir: Path) -> list[str]:
@@ -1219,20 +1222,6 @@ def run(opts: Options) -> dict[str, Any]:
     return report(opts, samples, extra)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (got {value})")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    return 0 if text.strip() == "0" else _positive(text)
-
-
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -1251,12 +1240,14 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         "with 1M and 1k credentials, against libosdp's and Modbus's own floors in the same run.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object only")
-    p.add_argument("--n", type=_positive, default=1000, help="timed grants per series (1000)")
-    p.add_argument("--credentials", type=_positive, default=1_000_000, help="credentials (1000000)")
+    p.add_argument("--n", type=positive_int, default=1000, help="timed grants per series (1000)")
     p.add_argument(
-        "--small", type=_positive, default=1000, help="credentials of the small series (1000)"
+        "--credentials", type=positive_int, default=1_000_000, help="credentials (1000000)"
     )
-    p.add_argument("--warmup", type=_non_negative, default=10, help="unrecorded rounds (10)")
+    p.add_argument(
+        "--small", type=positive_int, default=1000, help="credentials of the small series (1000)"
+    )
+    p.add_argument("--warmup", type=non_negative_int, default=10, help="unrecorded rounds (10)")
     p.add_argument(
         "--jitter-ms",
         type=float,

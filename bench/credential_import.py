@@ -31,7 +31,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench._common import emit_json, percentile, temp_dir
+from bench._common import (
+    emit_json,
+    percentile,
+    positive_int,
+    temp_dir,
+)
 
 TARGET_IMPORT_S = 60.0
 TARGET_RSS_MB = 200.0
@@ -230,16 +235,6 @@ def summary_text(r: dict[str, Any]) -> str:
     )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (got {value})")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print JSON (``--json``) or a summary followed by the JSON."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -252,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Import N credentials from CSV, then measure the daemon's RSS and lookups.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object only")
-    p.add_argument("--rows", type=_positive, default=1_000_000, help="rows (1000000)")
-    p.add_argument("--lookups", type=_positive, default=10_000, help="timed lookups (10000)")
+    p.add_argument("--rows", type=positive_int, default=1_000_000, help="rows (1000000)")
+    p.add_argument("--lookups", type=positive_int, default=10_000, help="timed lookups (10000)")
     p.add_argument("--seed", type=int, default=1, help="seed of the random lookups")
     opts = p.parse_args(args)
     if opts.rows > 10_000_000:

@@ -72,8 +72,11 @@ from bench._common import (
     SimulatorError,
     SimulatorProcess,
     Summary,
+    board_lines,
     emit_json,
     free_ports,
+    non_negative_int,
+    positive_int,
     quiet_logs,
     summarize,
     temp_dir,
@@ -167,21 +170,16 @@ class Samples:
 
 
 def _board_lines(name: str, port: int, opts: Options) -> list[str]:
-    return [
-        "[[boards]]",
-        f'name = "{name}"',
-        'transport = "tcp"',
-        f'host = "{HOST}"',
-        f"port = {port}",
-        f"unit_id = {UNIT_ID}",
-        f"coils = {opts.doors_per_board}",
-        "inputs = 16",
-        f"timeout_ms = {opts.timeout_ms}",
-        f"poll_interval_ms = {opts.poll_interval_ms}",
-        "backoff_initial_ms = 50",
-        "backoff_max_ms = 500",
-        "",
-    ]
+    return board_lines(
+        name,
+        port,
+        coils=opts.doors_per_board,
+        inputs=16,
+        timeout_ms=opts.timeout_ms,
+        poll_interval_ms=opts.poll_interval_ms,
+        host=HOST,
+        unit_id=UNIT_ID,
+    )
 
 
 def site_files(
@@ -759,22 +757,6 @@ def summary_text(r: dict[str, Any]) -> str:
     )
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (got {value})")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    if text.strip() == "0":
-        return 0
-    return _positive(text)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
     """Options from the command line, and whether to print JSON only."""
     debounce, poll = demo_settings()
@@ -784,18 +766,21 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, bool]:
         "secure by readback, against a floor measured in the same run.",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object only")
-    p.add_argument("--trials", type=_positive, default=120, help="measured trials (120)")
-    p.add_argument("--warmup", type=_non_negative, default=5, help="unrecorded trials (5)")
-    p.add_argument("--doors", type=_positive, default=256, help="doors (256)")
-    p.add_argument("--boards", type=_positive, default=16, help="boards (16)")
+    p.add_argument("--trials", type=positive_int, default=120, help="measured trials (120)")
+    p.add_argument("--warmup", type=non_negative_int, default=5, help="unrecorded trials (5)")
+    p.add_argument("--doors", type=positive_int, default=256, help="doors (256)")
+    p.add_argument("--boards", type=positive_int, default=16, help="boards (16)")
     p.add_argument(
         "--debounce-ms",
-        type=_non_negative,
+        type=non_negative_int,
         default=debounce,
         help=f"panic debounce (the demo's: {debounce})",
     )
     p.add_argument(
-        "--poll-ms", type=_positive, default=poll, help=f"input poll interval (the demo's: {poll})"
+        "--poll-ms",
+        type=positive_int,
+        default=poll,
+        help=f"input poll interval (the demo's: {poll})",
     )
     p.add_argument("--seed", type=int, default=1, help="seed of the random pauses")
     args = p.parse_args(argv)
