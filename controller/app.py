@@ -221,7 +221,7 @@ class Daemon:
                 self._spawn(tg, self._watchdog(), "watchdog")
                 self.ready.set()
                 await self.shutdown.wait()
-                await self._stop(tg)
+                await self._stop()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
@@ -292,9 +292,8 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    async def _stop(self, tg: asyncio.TaskGroup) -> None:
+    async def _stop(self) -> None:
         assert self.doors is not None
-        del tg
         self.notifier.stopping()
         await self.server.close()
         budget = self.settings.controller.shutdown_timeout_s

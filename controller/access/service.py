@@ -142,6 +142,7 @@ class AccessService:
         self.holidays = frozenset(self.settings.access.holidays)
         self.config = PolicyConfig.from_settings(self.settings.access)
         self.zones = {z.name: z for z in self.settings.zones}
+        self._door_settings = {d.name: d for d in self.settings.doors}
         self.interlock_of: dict[str, list[str]] = {}
         for group in self.settings.interlocks:
             for d in group.doors:
@@ -211,7 +212,7 @@ class AccessService:
             )
 
     def _door_policy(self, reader: ReaderSettings) -> DoorPolicy:
-        door = self.settings.door(reader.door)
+        door = self._door_settings[reader.door]
         free = self.schedules.get(door.free_schedule) if door.free_schedule else None
         mode = effective_mode(door.mode, free, self.local_now(), self.holidays)
         mode = stricter(mode, self.level_mode())
@@ -265,7 +266,7 @@ class AccessService:
             holidays=self.holidays,
             credential=credential,
             config=self.config,
-            lockdown=self.lockdown(self.settings.door(reader.door).zone),
+            lockdown=self.lockdown(self._door_settings[reader.door].zone),
             reader_secure=self._secure(info),
         )
         if self._gesture_card(info, credential, card):
@@ -334,7 +335,7 @@ class AccessService:
         name = info.settings.name
         credential, started = self._gesture_pending.pop(name)
         holder = credential.cardholder
-        zone = self.settings.door(info.settings.door).zone
+        zone = self._door_settings[info.settings.door].zone
         kind = "all-clear" if self.lockdown(zone) else "lockdown"
         needed = Privilege.ALL_CLEAR if kind == "all-clear" else Privilege.LOCKDOWN
         reason = ""
@@ -404,7 +405,7 @@ class AccessService:
             credential=credential,
             pin=check,
             config=self.config,
-            lockdown=self.lockdown(self.settings.door(reader.door).zone),
+            lockdown=self.lockdown(self._door_settings[reader.door].zone),
             reader_secure=self._secure(info),
         )
         self._decide(request, info, card=None, detail="", via="pin")

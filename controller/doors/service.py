@@ -412,13 +412,9 @@ class DoorService:
 
     def assert_all(self) -> list[asyncio.Future[WriteOutcome]]:
         """Command every door's desired relay now (start-up); return the pending outcomes."""
-        futures = []
-        for door in self._doors.values():
-            door.commanded = None
-            self._sync_relay(door)
-            if door.outcome is not None:
-                futures.append(door.outcome)
-        return futures
+        self.reassert(self._doors)  # one command per board
+        futures = {id(d.outcome): d.outcome for d in self._doors.values() if d.outcome}
+        return list(futures.values())
 
     # -- the tick loop ---------------------------------------------------------------------
 
