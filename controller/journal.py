@@ -678,18 +678,42 @@ class JournalWriter:
         """
         record = Record(kind, door, device, data, format_ts())
         if not self._accepting:
-            log.error(
-                "journal.record_after_close",
-                kind=kind,
-                door=door,
-                device=device,
-                ts=record.ts,
-                data=data,
-            )
+            self._refuse(record)
             return
         self._pending.append(record)
         self._enqueued += 1
         self._wakeup.set()
+
+    def record_many(
+        self, events: Iterable[tuple[str, str | None, str | None, Mapping[str, Any]]]
+    ) -> None:
+        """Queue ``(kind, door, device, data)`` events in order, all stamped now; like ``record``.
+
+        One call for the records of a group command: one timestamp and one wake-up for all.
+        """
+        ts = format_ts()
+        batch = [Record(kind, door, device, data, ts) for kind, door, device, data in events]
+        if not batch:
+            return
+        if not self._accepting:
+            for record in batch:
+                self._refuse(record)
+            return
+        self._pending.extend(batch)
+        self._enqueued += len(batch)
+        self._wakeup.set()
+
+    @staticmethod
+    def _refuse(record: Record) -> None:
+        """Log a record that arrived after ``close()`` drained (it can no longer be written)."""
+        log.error(
+            "journal.record_after_close",
+            kind=record.kind,
+            door=record.door,
+            device=record.device,
+            ts=record.ts,
+            data=dict(record.data),
+        )
 
     # -- state --------------------------------------------------------------------------------
 

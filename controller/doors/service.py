@@ -14,7 +14,7 @@ import functools
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
@@ -27,6 +27,7 @@ from controller.doors.machine import (
     DoorState,
     Hold,
     LinkChanged,
+    Phase,
     RelayRead,
     RexChanged,
     TamperChanged,
@@ -34,6 +35,7 @@ from controller.doors.machine import (
     desired_relay,
     lock_state,
     next_deadline,
+    observe_relay,
     step,
 )
 from controller.errors import CommandError
@@ -61,9 +63,14 @@ class Recorder(Protocol):
         """Enqueue one record."""
         ...
 
+    def record_many(
+        self, events: Iterable[tuple[str, str | None, str | None, Mapping[str, Any]]]
+    ) -> None:
+        """Enqueue ``(kind, door, device, data)`` records in order, with one timestamp."""
+        ...
 
-@dataclass(frozen=True, slots=True)
-class CommandResult:
+
+class CommandResult(NamedTuple):
     """Outcome of a door command once the board has read the relay back (or not)."""
 
     door: str
@@ -90,10 +97,24 @@ class _Door:
     state: DoorState = field(default_factory=DoorState)
     commanded: bool | None = None
     outcome: asyncio.Future[WriteOutcome] | None = None
+    name: str = field(init=False)  # spec.name, as a plain attribute (read on every step)
 
-    @property
-    def name(self) -> str:
-        return self.spec.name
+    def __post_init__(self) -> None:
+        self.name = self.spec.name
+
+
+_PHASE = {p: p.value for p in Phase}
+_Row = tuple[str, str | None, str | None, Mapping[str, Any]]  # (kind, door, device, data)
+
+
+def _verdict(fut: asyncio.Future[WriteOutcome]) -> tuple[bool, str, frozenset[int]]:
+    """(confirmed, error, mismatched coils) of a relay command's future after the wait."""
+    if not fut.done():
+        return False, "board did not confirm in time; the command stays queued", frozenset()
+    if fut.cancelled():
+        return False, "command cancelled", frozenset()
+    outcome = fut.result()
+    return outcome.ok, outcome.error, outcome.mismatched
 
 
 def spec_from_settings(d: DoorSettings) -> DoorSpec:
@@ -137,6 +158,8 @@ class DoorService:
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._frozen = False  # set at shutdown: relays stay in their fail state
         self._batch: list[_Door] | None = None
+        self._batch_records: list[_Row] = []
+        self._deferred: list[_Row] = []  # a batch's records, journaled once its writes left
         self._input_listeners: dict[tuple[str, int], Callable[[bool, float], None]] = {}
         self._readback_at: dict[str, float] = {}  # door -> when a readback last arrived
         for d in settings.doors:
@@ -232,13 +255,16 @@ class DoorService:
                     else:
                         self._apply(door, TamperChanged(active, now))
             case CoilsRead(device=board, values=values, mismatched=mismatched):
+                readback_at = self._readback_at
                 for coil, door in self._coils_of.get(board, ()):
                     if coil < len(values):
                         energised, bad = values[coil], coil in mismatched
-                        s = door.state
-                        if s.relay == energised and not bad and not s.faults:
-                            continue  # nothing new for this door
-                        self._apply(door, RelayRead(energised, bad, now))
+                        readback_at[door.name] = now
+                        seen = observe_relay(door.state, energised, bad)
+                        if seen is None:
+                            self._apply(door, RelayRead(energised, bad, now))
+                        else:
+                            door.state = seen  # a plain observation: nothing else to do
             case BoardLinkChanged(device=board, state=state, reason=reason):
                 previous = self._board_links.get(board)
                 self._board_links[board] = state
@@ -324,8 +350,7 @@ class DoorService:
             self.door(name)
             doors.append(self._doors[name])
         now = self._clock()
-        refusals = [d.state.secured and not override and action != "lock" for d in doors]
-        extra = {"override": True} if override else {}
+        extra: dict[str, Any] = {"override": True} if override else {}
         if len(doors) == 1:
             self._record(
                 "door.command",
@@ -344,43 +369,60 @@ class DoorService:
                 source=source,
                 **extra,
             )
-        with self._batched():
-            for door in doors:
-                self._apply(door, Command(action, now, duration_s, override))
+        refused = self._step_all(doors, Command(action, now, duration_s, override))
         results = await self._confirm_all(doors, action)
+        self.flush_records()  # journaled before the caller hears back, even with no await
+        if not refused:
+            return results
         return [
             CommandResult(
                 r.door, r.action, False, r.phase, "held by a lockdown (an override is needed)"
             )
-            if refused
+            if r.door in refused
             else r
-            for r, refused in zip(results, refusals, strict=True)
+            for r in results
         ]
+
+    def _step_all(self, doors: list[_Door], command: Command) -> set[str]:
+        """Apply ``command`` to every door in one batch; return the doors a lockdown refused.
+
+        Synchronous on purpose: every relay change goes out at once (one FC15 per board).
+        Yielding between boards to send each board's write earlier was measured slower: the
+        extra loop turns cost more than the overlap gained.
+        """
+        refusing = command.action != "lock" and not command.override
+        refused: set[str] = set()
+        with self._batched():
+            for door in doors:
+                if refusing and door.state.secured:
+                    refused.add(door.name)
+                self._apply(door, command)
+        return refused
 
     async def _confirm_all(self, doors: list[_Door], action: str) -> list[CommandResult]:
         """Wait (bounded) for every door's readback with one wait, then report each."""
         pending = {d.outcome for d in doors if d.outcome is not None and not d.outcome.done()}
         if pending:
             await asyncio.wait(pending, timeout=self._timeout)
+        # a group shares one future per board: judge each future once, then each door
+        verdicts: dict[int, tuple[bool, str, frozenset[int]]] = {}
         results = []
         for door in doors:
+            s = door.state
             fut = door.outcome
-            error = ""
-            confirmed = False
             if fut is None:
-                s = door.state
                 confirmed = s.link_up and s.relay == desired_relay(door.spec, s)
-                if not confirmed:
-                    error = s.fault_detail or "not confirmed"
-            elif not fut.done():
-                error = "board did not confirm in time; the command stays queued"
+                error = "" if confirmed else s.fault_detail or "not confirmed"
             else:
-                outcome = fut.result()
-                confirmed = outcome.ok
-                error = outcome.error or ("relay readback mismatch" if outcome.mismatched else "")
-            results.append(
-                CommandResult(door.name, action, confirmed, door.state.phase.value, error)
-            )
+                verdict = verdicts.get(id(fut))
+                if verdict is None:
+                    verdict = verdicts[id(fut)] = _verdict(fut)
+                confirmed, error, mismatched = verdict
+                if mismatched:  # judged per door: only its own coil counts
+                    confirmed = door.settings.relay.coil not in mismatched and not error
+                    if not confirmed and not error:
+                        error = "relay readback mismatch"
+            results.append(CommandResult(door.name, action, confirmed, _PHASE[s.phase], error))
         return results
 
     async def apply_fail_state(
@@ -391,6 +433,7 @@ class DoorService:
         Doors in ``keep_locked`` (held by a lockdown) are left locked instead, so a restart
         never releases a fail-safe door that a lockdown holds.
         """
+        self.flush_records()
         self._frozen = True
         futures: dict[str, asyncio.Future[WriteOutcome]] = {}
         for door in self._doors.values():
@@ -439,35 +482,50 @@ class DoorService:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _record(self, kind: str, **data: Any) -> None:
-        self._recorder.record(kind, **data)
+    def _record(self, kind: str, *, door: str | None = None, **data: Any) -> None:
+        device = data.pop("device", None)
+        self._emit(kind, door, device, data)
+
+    def _emit(
+        self, kind: str, door: str | None, device: str | None, data: Mapping[str, Any]
+    ) -> None:
+        """Journal one record (in a batch: with the batch's records, after its relay writes)."""
+        if self._batch is not None:
+            self._batch_records.append((kind, door, device, data))
+        else:
+            if self._deferred:
+                self.flush_records()  # keep the journal in order
+            self._recorder.record(kind, door=door, device=device, **data)
         if self._listeners:
+            full = dict(data)
+            if door is not None:
+                full["door"] = door
+            if device is not None:
+                full["device"] = device
             for listener in self._listeners:
-                listener(kind, data)
+                listener(kind, full)
 
     def readback_at(self, name: str) -> float:
         """When the door's relay was last read back (monotonic; -inf if never)."""
         return self._readback_at.get(name, float("-inf"))
 
     def _apply(self, door: _Door, event: DoorEvent) -> None:
-        if isinstance(event, RelayRead):
-            self._readback_at[door.name] = event.now
-        state, effects = step(door.spec, door.state, event)
-        if state.probing and not door.state.probing:
+        before = door.state
+        state, effects = step(door.spec, before, event)
+        if state.probing and not before.probing:
             door.commanded = None  # a probe always writes, so its readback answers it
         door.state = state
         for effect in effects:
-            self._record(effect.kind, door=door.name, **effect.data)
+            self._emit(effect.kind, door.name, None, effect.data)
             if effect.kind == "door.alarm" and effect.data.get("active"):
                 log.warning("door alarm", door=door.name, **effect.data)
         self._sync_relay(door)
         deadline = next_deadline(door.spec, state)
-        old = self._deadlines.get(door.name)
-        if deadline is None:
-            self._deadlines.pop(door.name, None)
-        else:
-            self._deadlines[door.name] = deadline
-        if deadline != old:
+        if deadline != self._deadlines.get(door.name):
+            if deadline is None:
+                del self._deadlines[door.name]
+            else:
+                self._deadlines[door.name] = deadline
             self._wake.set()
 
     def _sync_relay(self, door: _Door) -> None:
@@ -497,7 +555,33 @@ class DoorService:
             yield
         finally:
             doors, self._batch = self._batch, None
-            self._flush_batch(doors)
+            records, self._batch_records = self._batch_records, []
+            try:
+                self._flush_batch(doors)
+            finally:
+                if records:
+                    self._defer(records)
+
+    def _defer(self, records: list[_Row]) -> None:
+        """Journal a batch's records right after its relay writes have left (next loop turn).
+
+        The journal stays off the command path: the boards' tasks, woken by the batch, send
+        their FC15s before this runs. Any other record flushes these first, so order holds.
+        """
+        first = not self._deferred
+        self._deferred.extend(records)
+        if not first:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self.flush_records)
+        except RuntimeError:  # no event loop (a synchronous caller): journal them now
+            self.flush_records()
+
+    def flush_records(self) -> None:
+        """Hand every deferred record to the journal now (idempotent)."""
+        records, self._deferred = self._deferred, []
+        if records:
+            self._recorder.record_many(records)
 
     def _flush_batch(self, doors: list[_Door]) -> None:
         if self._frozen:
@@ -521,8 +605,26 @@ class DoorService:
     def _on_outcomes(
         self, members: list[tuple[_Door, bool, int]], fut: asyncio.Future[WriteOutcome]
     ) -> None:
+        """A board answered a batched command: apply its readback to each door it carried."""
+        if fut.cancelled():
+            return
+        outcome = fut.result()
+        if outcome.error:
+            return  # link trouble is reported through LinkChanged
+        bad = outcome.mismatched
+        now = self._clock()
+        readback_at = self._readback_at
         for door, want, coil in members:
-            self._on_outcome(door, want, coil, fut)
+            if door.outcome is not fut:
+                continue  # a newer command for this door is on its way
+            mismatched = coil in bad
+            energised = want is not mismatched
+            readback_at[door.name] = now
+            seen = observe_relay(door.state, energised, mismatched)
+            if seen is None:
+                self._apply(door, RelayRead(energised, mismatched, now))
+            else:
+                door.state = seen  # confirmed; nothing else changes
 
     def _on_outcome(
         self, door: _Door, want: bool, coil: int, fut: asyncio.Future[WriteOutcome]
@@ -535,8 +637,9 @@ class DoorService:
         mismatched = coil in outcome.mismatched
         energised = (not want) if mismatched else want
         now = self._clock()
-        s = door.state
-        if s.relay == energised and not mismatched and not s.faults:
-            self._readback_at[door.name] = now  # confirmed; nothing else changes
-            return
-        self._apply(door, RelayRead(energised, mismatched, now))
+        self._readback_at[door.name] = now
+        seen = observe_relay(door.state, energised, mismatched)
+        if seen is None:
+            self._apply(door, RelayRead(energised, mismatched, now))
+        else:
+            door.state = seen  # confirmed; nothing else changes

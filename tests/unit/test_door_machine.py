@@ -45,6 +45,7 @@ from controller.doors.machine import (
     desired_relay,
     lock_state,
     next_deadline,
+    observe_relay,
     step,
 )
 
@@ -1087,6 +1088,23 @@ class DoorMachineTest(RuleBasedStateMachine):
         want = desired_relay(self.spec, self.state)
         energised = want if stuck is None else stuck
         self.apply(RelayRead(energised, energised != want, self.now))
+
+    @invariant()
+    def readback_fast_path_is_step(self) -> None:
+        """observe_relay, where it applies, is exactly step's RelayRead without its effects."""
+        for energised in (False, True):
+            for mismatched in (False, True):
+                event = RelayRead(energised, mismatched, self.now)
+                fast = observe_relay(self.state, energised, mismatched)
+                full, effects = step(self.spec, self.state, event)
+                if fast is None:
+                    assert self.state.link_up
+                    assert mismatched or Fault.RELAY in self.state.faults
+                    continue
+                assert fast == full
+                assert effects == []
+                assert desired_relay(self.spec, fast) is desired_relay(self.spec, self.state)
+                assert next_deadline(self.spec, fast) == next_deadline(self.spec, self.state)
 
     # -- invariants on every state ---------------------------------------------------------
 
