@@ -268,10 +268,13 @@ class Tap:
         self.confirmed.clear()
 
     def record_many(
-        self, events: Iterable[tuple[str, str | None, str | None, Mapping[str, Any]]]
+        self,
+        events: Iterable[tuple[str, str | None, str | None, Mapping[str, Any]]],
+        *,
+        ts: str | None = None,
     ) -> None:
         """Forward to the journal (no milestone is ever recorded in bulk)."""
-        self.inner.record_many(events)
+        self.inner.record_many(events, ts=ts)
 
     def record(
         self, kind: str, *, door: str | None = None, device: str | None = None, **data: Any

@@ -139,6 +139,7 @@ class Daemon:
         self.journal = JournalWriter(journal, linger_s=0.02)
         boards: dict[str, RelayBoard] = dict(self.boards)
         self.doors = DoorService(self.settings, boards, self.journal)
+        self.journal.add_flush_hook(self.doors.settle)
         # the lockdown state comes back before anything is asserted: a restart during a
         # lockdown re-enters it and commands its doors secure from the first write
         self.lockdown = LockdownRunner(self.settings, self.doors, self.journal)
@@ -337,7 +338,7 @@ class Daemon:
         for link in self._links:
             link.close()
         if self.doors is not None:
-            self.doors.flush_records()  # a last batch's records, if its turn never came
+            self.doors.settle()  # a last batch's records, if its turn never came
         if self.journal is not None:
             await self.journal.close(timeout_s=self.settings.controller.shutdown_timeout_s)
         self.notifier.close()

@@ -43,13 +43,13 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from enum import Enum
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, NamedTuple, Self
 
 import structlog
 
@@ -232,15 +232,18 @@ def _prepare(record: Record) -> _Prepared:
 # --------------------------------------------------------------------------- records and entries
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """An event to be journaled; ``ts`` is when it happened, not when it is written."""
+class Record(NamedTuple):
+    """An event to be journaled; ``ts`` is when it happened, not when it is written.
+
+    A NamedTuple: the writer queues one per event, hundreds in a lock-all. An empty ``ts``
+    is stamped when the record is written (for direct ``Journal`` callers).
+    """
 
     kind: str
     door: str | None = None
     device: str | None = None
-    data: Mapping[str, Any] = field(default_factory=dict)
-    ts: str = field(default_factory=format_ts)
+    data: Mapping[str, Any] = {}  # shared default: records are never mutated
+    ts: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,7 +341,8 @@ class Journal:
         """Commit ``records`` in one transaction (fsync), continuing the chain; return them."""
         if not records:
             return []
-        prepared = [_prepare(r) for r in records]
+        now = format_ts()
+        prepared = [_prepare(r if r.ts else r._replace(ts=now)) for r in records]
         with self._lock:
             conn = self._connection()
             try:
@@ -661,6 +665,7 @@ class JournalWriter:
         self._inflight: asyncio.Task[bool] | None = None
         self._wakeup = asyncio.Event()
         self._subscribers: list[Subscription] = []
+        self._flush_hooks: list[Callable[[], None]] = []
         self._closing = False  # close() has begun: run() returns after its current drain
         self._accepting = True  # record() still queues (until close() has drained)
         self._closed = asyncio.Event()
@@ -685,13 +690,18 @@ class JournalWriter:
         self._wakeup.set()
 
     def record_many(
-        self, events: Iterable[tuple[str, str | None, str | None, Mapping[str, Any]]]
+        self,
+        events: Iterable[tuple[str, str | None, str | None, Mapping[str, Any]]],
+        *,
+        ts: str | None = None,
     ) -> None:
-        """Queue ``(kind, door, device, data)`` events in order, all stamped now; like ``record``.
+        """Queue ``(kind, door, device, data)`` events in order, all stamped ``ts`` (default: now).
 
         One call for the records of a group command: one timestamp and one wake-up for all.
+        ``ts`` (from ``format_ts``) is when they happened, if that was before this call.
         """
-        ts = format_ts()
+        if ts is None:
+            ts = format_ts()
         batch = [Record(kind, door, device, data, ts) for kind, door, device, data in events]
         if not batch:
             return
@@ -773,8 +783,17 @@ class JournalWriter:
             await self._drain()
 
     async def flush(self) -> None:
-        """Return once every event recorded before this call is committed (retries forever)."""
+        """Return once every event recorded before this call is committed (retries forever).
+
+        Producers that hold records back (see ``add_flush_hook``) hand them over first.
+        """
+        for hook in self._flush_hooks:
+            hook()
         await self._drain(self._enqueued)
+
+    def add_flush_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` at the start of every ``flush()``: it must record what it holds back."""
+        self._flush_hooks.append(hook)
 
     async def close(self, *, timeout_s: float | None = 10.0) -> None:
         """Drain all queued records, then close the journal; idempotent.

@@ -29,7 +29,7 @@ Invariants (tests in tests/unit/test_door_machine.py check them on random event 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -227,12 +227,11 @@ DoorEvent = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """Effect: append this to the journal (and publish it)."""
 
     kind: str
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any]
 
 
 COMMANDS = frozenset({"pulse", "unlock", "lock"})
@@ -296,36 +295,54 @@ def observe_relay(state: DoorState, energised: bool, mismatched: bool) -> DoorSt
 def step(spec: DoorSpec, state: DoorState, event: DoorEvent) -> tuple[DoorState, list[Record]]:
     """Apply one event; return the new state and the records to journal."""
     effects: list[Record] = []
-    before = state
+    after = transition(spec, state, event, effects)
+    record = phase_record(state, after)
+    if record is not None:
+        effects.append(record)
+    return after, effects
+
+
+def transition(
+    spec: DoorSpec, state: DoorState, event: DoorEvent, effects: list[Record]
+) -> DoorState:
+    """``step`` without its ``door.state`` record: the new state; other records to ``effects``.
+
+    A group command applies this to every door before the relay writes leave and calls
+    ``phase_record`` afterwards, so the writes do not wait for the bookkeeping.
+    """
     match event:
         case Command():
-            state = _command(spec, state, event, effects)
+            return _command(spec, state, event, effects)
         case Hold():
-            state = _hold(spec, state, event, effects)
+            return _hold(spec, state, event, effects)
         case ContactChanged():
-            state = _contact(spec, state, event, effects)
+            return _contact(spec, state, event, effects)
         case RexChanged():
-            state = _rex(spec, state, event, effects)
+            return _rex(spec, state, event, effects)
         case TamperChanged():
             if event.active != state.tamper:
-                state = _evolve(state, tamper=event.active)
                 effects.append(_alarm("tamper", event.active))
+                return _evolve(state, tamper=event.active)
+            return state
         case RelayRead():
-            state = _relay(spec, state, event, effects)
+            return _relay(spec, state, event, effects)
         case LinkChanged():
-            state = _link(state, event, effects)
+            return _link(state, event, effects)
         case Tick():
-            state = _tick(spec, state, event, effects)
-    if state is not before:  # (an unchanged state cannot change phase)
-        was, phase = before.phase, state.phase
-        if phase is not was:
-            effects.append(
-                Record(
-                    "door.state",
-                    {"from": _NAME[was], "to": _NAME[phase], "intent": _NAME[state.intent]},
-                )
-            )
-    return state, effects
+            return _tick(spec, state, event, effects)
+    raise TypeError(f"not a door event: {event!r}")
+
+
+def phase_record(before: DoorState, after: DoorState) -> Record | None:
+    """The ``door.state`` record of going from ``before`` to ``after``, if the phase moved."""
+    if after is before:  # (an unchanged state cannot change phase)
+        return None
+    was, phase = before.phase, after.phase
+    if phase is was:
+        return None
+    return Record(
+        "door.state", {"from": _NAME[was], "to": _NAME[phase], "intent": _NAME[after.intent]}
+    )
 
 
 # enum member -> its value, by dict: ``.value`` goes through a descriptor, and a lock-all

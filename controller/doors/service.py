@@ -28,6 +28,7 @@ from controller.doors.machine import (
     Hold,
     LinkChanged,
     Phase,
+    Record,
     RelayRead,
     RexChanged,
     TamperChanged,
@@ -36,9 +37,11 @@ from controller.doors.machine import (
     lock_state,
     next_deadline,
     observe_relay,
-    step,
+    phase_record,
+    transition,
 )
 from controller.errors import CommandError
+from controller.journal import format_ts
 from controller.settings import DoorSettings, InputRef, Settings
 from drivers.base import (
     CoilsRead,
@@ -64,9 +67,12 @@ class Recorder(Protocol):
         ...
 
     def record_many(
-        self, events: Iterable[tuple[str, str | None, str | None, Mapping[str, Any]]]
+        self,
+        events: Iterable[tuple[str, str | None, str | None, Mapping[str, Any]]],
+        *,
+        ts: str | None = None,
     ) -> None:
-        """Enqueue ``(kind, door, device, data)`` records in order, with one timestamp."""
+        """Enqueue ``(kind, door, device, data)`` records in order, stamped ``ts`` (or now)."""
         ...
 
 
@@ -97,14 +103,30 @@ class _Door:
     state: DoorState = field(default_factory=DoorState)
     commanded: bool | None = None
     outcome: asyncio.Future[WriteOutcome] | None = None
-    name: str = field(init=False)  # spec.name, as a plain attribute (read on every step)
+    # plain copies of spec.name and settings.relay, read on every step
+    name: str = field(init=False)
+    board: str = field(init=False)
+    coil: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.name = self.spec.name
+        self.board = self.settings.relay.board
+        self.coil = self.settings.relay.coil
 
 
 _PHASE = {p: p.value for p in Phase}
+SETTLE_WITHIN_S = 0.02
+"""A batch's records wait for its readbacks at most this long before being journaled."""
 _Row = tuple[str, str | None, str | None, Mapping[str, Any]]  # (kind, door, device, data)
+
+
+class _Step(NamedTuple):
+    """A door's step in a batch, kept until its records and deadline are settled."""
+
+    door: _Door
+    before: DoorState
+    after: DoorState
+    effects: list[Record]
 
 
 def _verdict(fut: asyncio.Future[WriteOutcome]) -> tuple[bool, str, frozenset[int]]:
@@ -158,8 +180,10 @@ class DoorService:
         self._listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self._frozen = False  # set at shutdown: relays stay in their fail state
         self._batch: list[_Door] | None = None
-        self._batch_records: list[_Row] = []
-        self._deferred: list[_Row] = []  # a batch's records, journaled once its writes left
+        self._batch_steps: list[_Step] = []
+        self._unsettled: list[tuple[str, list[_Step]]] = []  # (batch time, steps) to journal
+        self._in_flight = 0  # group commands waiting for their readbacks
+        self._settle_timer: asyncio.TimerHandle | None = None
         self._input_listeners: dict[tuple[str, int], Callable[[bool, float], None]] = {}
         self._readback_at: dict[str, float] = {}  # door -> when a readback last arrived
         for d in settings.doors:
@@ -215,8 +239,8 @@ class DoorService:
                     "alarms": alarms,
                     "faults": sorted(f.value for f in s.faults),
                     "fault_detail": s.fault_detail if s.faults else "",
-                    "board": door.settings.relay.board,
-                    "link": self._board_links[door.settings.relay.board].value,
+                    "board": door.board,
+                    "link": self._board_links[door.board].value,
                     "pulse_remaining_s": (
                         round(max(0.0, s.pulse_until - now), 1) if s.pulse_until else None
                     ),
@@ -369,9 +393,14 @@ class DoorService:
                 source=source,
                 **extra,
             )
-        refused = self._step_all(doors, Command(action, now, duration_s, override))
-        results = await self._confirm_all(doors, action)
-        self.flush_records()  # journaled before the caller hears back, even with no await
+        self._in_flight += 1
+        try:
+            refused = self._step_all(doors, Command(action, now, duration_s, override))
+            results = await self._confirm_all(doors, action)
+        finally:
+            self._in_flight -= 1
+            if self._unsettled and not self._in_flight:
+                self._loop_settle(soon=True)
         if not refused:
             return results
         return [
@@ -419,7 +448,7 @@ class DoorService:
                     verdict = verdicts[id(fut)] = _verdict(fut)
                 confirmed, error, mismatched = verdict
                 if mismatched:  # judged per door: only its own coil counts
-                    confirmed = door.settings.relay.coil not in mismatched and not error
+                    confirmed = door.coil not in mismatched and not error
                     if not confirmed and not error:
                         error = "relay readback mismatch"
             results.append(CommandResult(door.name, action, confirmed, _PHASE[s.phase], error))
@@ -433,14 +462,14 @@ class DoorService:
         Doors in ``keep_locked`` (held by a lockdown) are left locked instead, so a restart
         never releases a fail-safe door that a lockdown holds.
         """
-        self.flush_records()
+        self.settle()
         self._frozen = True
         futures: dict[str, asyncio.Future[WriteOutcome]] = {}
         for door in self._doors.values():
-            board = self._boards[door.settings.relay.board]
+            board = self._boards[door.board]
             value = door.spec.relay_for(False) if door.name in keep_locked else False
             door.commanded = value
-            futures[door.name] = board.command({door.settings.relay.coil: value})
+            futures[door.name] = board.command({door.coil: value})
         done: dict[str, bool] = {}
         if futures:
             with contextlib.suppress(TimeoutError):
@@ -484,18 +513,14 @@ class DoorService:
 
     def _record(self, kind: str, *, door: str | None = None, **data: Any) -> None:
         device = data.pop("device", None)
-        self._emit(kind, door, device, data)
+        if self._unsettled:
+            self.settle()  # keep the journal in order
+        self._recorder.record(kind, door=door, device=device, **data)
+        self._notify(kind, door, device, data)
 
-    def _emit(
+    def _notify(
         self, kind: str, door: str | None, device: str | None, data: Mapping[str, Any]
     ) -> None:
-        """Journal one record (in a batch: with the batch's records, after its relay writes)."""
-        if self._batch is not None:
-            self._batch_records.append((kind, door, device, data))
-        else:
-            if self._deferred:
-                self.flush_records()  # keep the journal in order
-            self._recorder.record(kind, door=door, device=device, **data)
         if self._listeners:
             full = dict(data)
             if door is not None:
@@ -511,15 +536,11 @@ class DoorService:
 
     def _apply(self, door: _Door, event: DoorEvent) -> None:
         before = door.state
-        state, effects = step(door.spec, before, event)
+        effects: list[Record] = []
+        state = transition(door.spec, before, event, effects)
         if state.probing and not before.probing:
             door.commanded = None  # a probe always writes, so its readback answers it
         door.state = state
-        for effect in effects:
-            self._emit(effect.kind, door.name, None, effect.data)
-            if effect.kind == "door.alarm" and effect.data.get("active"):
-                log.warning("door alarm", door=door.name, **effect.data)
-        self._sync_relay(door)
         deadline = next_deadline(door.spec, state)
         if deadline != self._deadlines.get(door.name):
             if deadline is None:
@@ -527,6 +548,62 @@ class DoorService:
             else:
                 self._deadlines[door.name] = deadline
             self._wake.set()
+        if self._batch is not None:
+            # in a batch the relays are sent first; the records follow (see _batched)
+            self._batch.append(door)
+            self._batch_steps.append(_Step(door, before, state, effects))
+            return
+        if self._unsettled:
+            self.settle()  # an earlier batch's records come first
+        self._journal_step(door, before, state, effects, None)
+        self._sync_relay(door)
+
+    def _journal_step(
+        self,
+        door: _Door,
+        before: DoorState,
+        after: DoorState,
+        effects: list[Record],
+        rows: list[_Row] | None,
+    ) -> None:
+        """Journal a step's records: appended to ``rows``, or recorded now."""
+        record = phase_record(before, after)
+        if record is not None:
+            effects.append(record)
+        for kind, data in effects:
+            if rows is None:
+                self._recorder.record(kind, door=door.name, **data)
+            else:
+                rows.append((kind, door.name, None, data))
+            if self._listeners:
+                self._notify(kind, door.name, None, data)
+            if kind == "door.alarm" and data.get("active"):
+                log.warning("door alarm", door=door.name, **data)
+
+    def settle(self) -> None:
+        """Journal every batch step still waiting, stamped with its batch's time (idempotent)."""
+        if self._settle_timer is not None:
+            self._settle_timer.cancel()
+            self._settle_timer = None
+        batches, self._unsettled = self._unsettled, []
+        for ts, steps in batches:
+            rows: list[_Row] = []
+            for door, before, after, effects in steps:
+                self._journal_step(door, before, after, effects, rows)
+            if rows:
+                self._recorder.record_many(rows, ts=ts)
+
+    def _loop_settle(self, *, soon: bool) -> None:
+        """Have ``settle`` run on the next loop turn (``soon``) or within SETTLE_WITHIN_S."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a synchronous caller): settle now
+            self.settle()
+            return
+        if soon:
+            loop.call_soon(self.settle)
+        elif self._settle_timer is None:
+            self._settle_timer = loop.call_later(SETTLE_WITHIN_S, self.settle)
 
     def _sync_relay(self, door: _Door) -> None:
         if self._frozen:
@@ -538,64 +615,55 @@ class DoorService:
         if want == door.commanded:
             return
         door.commanded = want
-        board = self._boards[door.settings.relay.board]
-        coil = door.settings.relay.coil
+        board = self._boards[door.board]
+        coil = door.coil
         fut = board.command({coil: want})
         door.outcome = fut
         fut.add_done_callback(functools.partial(self._on_outcome, door, want, coil))
 
     @contextlib.contextmanager
     def _batched(self) -> Iterator[None]:
-        """Within the block, relay changes are collected and sent as one command per board."""
+        """Within the block, relay changes are collected and sent as one command per board.
+
+        The journal stays off the command path: the batch's records, stamped with the time
+        of the batch, are journaled (``settle``) after the boards' tasks, woken by the
+        batch, have sent their writes - for a group command, once its readbacks are in,
+        and at most SETTLE_WITHIN_S later. Whatever records or steps a door outside a batch
+        settles the waiting records first, and so does a journal flush: order holds and a
+        reader never misses one.
+        """
         if self._batch is not None:
             yield
             return
         self._batch = []
+        ts = format_ts()  # the moment of the batch: its records carry it, whenever written
         try:
             yield
         finally:
             doors, self._batch = self._batch, None
-            records, self._batch_records = self._batch_records, []
+            steps, self._batch_steps = self._batch_steps, []
             try:
                 self._flush_batch(doors)
             finally:
-                if records:
-                    self._defer(records)
-
-    def _defer(self, records: list[_Row]) -> None:
-        """Journal a batch's records right after its relay writes have left (next loop turn).
-
-        The journal stays off the command path: the boards' tasks, woken by the batch, send
-        their FC15s before this runs. Any other record flushes these first, so order holds.
-        """
-        first = not self._deferred
-        self._deferred.extend(records)
-        if not first:
-            return
-        try:
-            asyncio.get_running_loop().call_soon(self.flush_records)
-        except RuntimeError:  # no event loop (a synchronous caller): journal them now
-            self.flush_records()
-
-    def flush_records(self) -> None:
-        """Hand every deferred record to the journal now (idempotent)."""
-        records, self._deferred = self._deferred, []
-        if records:
-            self._recorder.record_many(records)
+                if steps:
+                    self._unsettled.append((ts, steps))
+                    # a group command journals its steps once its readbacks are in (or by
+                    # the deadline); anything else on the next loop turn, after the writes
+                    self._loop_settle(soon=not self._in_flight)
 
     def _flush_batch(self, doors: list[_Door]) -> None:
         if self._frozen:
             return
         per_board: dict[str, list[tuple[_Door, bool, int]]] = {}
-        unique = {door.name: door for door in doors}  # each door once, in order
-        for door in unique.values():
+        for door in doors:
             want = desired_relay(door.spec, door.state)
-            if want == door.commanded:
-                continue
+            if want is door.commanded:
+                continue  # unchanged, or a door listed twice (its first entry sent it)
             door.commanded = want
-            per_board.setdefault(door.settings.relay.board, []).append(
-                (door, want, door.settings.relay.coil)
-            )
+            members = per_board.get(door.board)
+            if members is None:
+                members = per_board[door.board] = []
+            members.append((door, want, door.coil))
         for board, members in per_board.items():
             fut = self._boards[board].command({coil: want for _, want, coil in members})
             for door, _, _ in members:

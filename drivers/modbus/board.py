@@ -27,6 +27,7 @@ import contextlib
 import random
 import time
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import structlog
@@ -213,7 +214,7 @@ class ModbusRelayBoard:
                         for coil, value in batch.items():
                             self._pending.setdefault(coil, value)
                         raise
-                    self._report_coils()
+                    self._report_coils(answered=batch.keys())
                 if time.monotonic() >= next_poll:
                     await self._poll()
                     # fixed rate: an input change waits at most one interval for its poll
@@ -299,17 +300,32 @@ class ModbusRelayBoard:
         if report:
             self._report_coils()
 
-    def _report_coils(self, *, force: bool = False) -> None:
+    def _report_coils(
+        self, *, force: bool = False, answered: AbstractSet[int] = frozenset()
+    ) -> None:
+        """Emit CoilsRead when the coils or the mismatches changed.
+
+        ``answered``: coils whose readback the write's futures just delivered; a change in
+        those alone is not reported again (a lock-all would otherwise be handled twice).
+        """
         coils = self._coils
         if coils is None:
             return
         mismatched = frozenset(
             c for c, v in self._desired.items() if c not in self._pending and coils[c] != v
         )
-        if force or mismatched != self._mismatched or coils != self._reported:
-            self._mismatched = mismatched
-            self._reported = coils
-            self._sink(CoilsRead(self.name, coils, mismatched))
+        if not force and mismatched == self._mismatched:
+            before = self._reported
+            if coils == before:
+                return
+            if before is not None and all(
+                c in answered for c, (a, b) in enumerate(zip(coils, before, strict=True)) if a != b
+            ):
+                self._reported = coils
+                return
+        self._mismatched = mismatched
+        self._reported = coils
+        self._sink(CoilsRead(self.name, coils, mismatched))
 
     async def _link_down(self, exc: DeviceError) -> None:
         self.last_error = str(exc)

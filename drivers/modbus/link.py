@@ -218,7 +218,7 @@ def _bits(response: Any, count: int, unit: int, fc: int) -> tuple[bool, ...]:
     bits = list(getattr(response, "bits", []) or [])
     if len(bits) < count:
         raise DeviceProtocolError(f"unit {unit}: FC{fc} reply has {len(bits)} bits, wanted {count}")
-    return tuple(bool(b) for b in bits[:count])
+    return tuple(map(bool, bits[:count]))
 
 
 __all__ = ["DeviceError", "ModbusEndpoint", "ModbusLink", "exception_name"]

@@ -236,6 +236,16 @@ def test_odd_data_is_coerced_never_lost(journal: Journal, db: Path) -> None:
     assert auditor_verify(db) == 1
 
 
+def test_a_record_without_a_time_is_stamped_when_written(journal: Journal) -> None:
+    before = format_ts()
+    stamped, kept = journal.append_many(
+        [Record("door.state", door="d1"), Record("door.state", ts="2026-01-01T00:00:00.000000Z")]
+    )
+    assert before <= stamped.ts <= format_ts()
+    assert kept.ts == "2026-01-01T00:00:00.000000Z"
+    assert stamped.data == {}
+
+
 json_values = st.recursive(
     st.none()
     | st.booleans()
@@ -253,6 +263,7 @@ records = st.builds(
     door=st.none() | st.text(max_size=8),
     device=st.none() | st.text(max_size=8),
     data=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    ts=st.builds(format_ts),
 )
 
 
