@@ -130,6 +130,22 @@ async def test_changes_in_one_turn_share_one_fc15_and_are_read_back(tcp: Rig) ->
     assert tcp.board.desired == {1: True, 3: True, 6: True}
 
 
+async def test_a_write_readback_reaches_the_controller_once(tcp: Rig) -> None:
+    # the write's futures carry its readback: no CoilsRead repeats it ...
+    reported = len(tcp.of(CoilsRead))
+    assert (await tcp.board.command({1: True, 3: True})).ok
+    await asyncio.sleep(0.1)  # several polls (20 ms) that see nothing new
+    assert len(tcp.of(CoilsRead)) == reported
+    # ... but a coil outside the write that changed meanwhile is reported by the next read
+    tcp.sim.stuck_coil(5, True)  # never commanded by us: not a mismatch, still a change
+    assert (await tcp.board.command({1: False})).ok
+    await wait_for(lambda: len(tcp.of(CoilsRead)) > reported)
+    last = tcp.of(CoilsRead)[-1]
+    assert isinstance(last, CoilsRead)
+    assert last.values[5] is True
+    assert last.mismatched == frozenset()
+
+
 async def test_untouched_coils_in_the_span_keep_their_value(tcp: Rig) -> None:
     # coil 2 was never commanded by us; a FC15 spanning it must write back what it is
     outcome = await tcp.board.command({2: True})

@@ -173,3 +173,64 @@ async def test_journal_is_not_on_the_command_path(tmp_path: Path) -> None:
         await s.daemon.journal.flush()
         kinds = await s.kinds()
         assert any(k == "door.command" and n == "rtu1-d0" for k, n, _ in kinds)
+
+
+async def test_a_group_command_confirms_each_door_on_its_own(tmp_path: Path) -> None:
+    async with site(tmp_path) as s:
+        assert s.daemon.doors is not None
+        # tcp1-d1 is fail-safe (energised = locked): weld its relay energised, it cannot release
+        s.sim.board("tcp1").stuck_coil(1, True)
+        results = await s.daemon.doors.command_many(["tcp1-d0", "tcp1-d1"], "unlock")
+        by_door = {r.door: r for r in results}
+        assert by_door["tcp1-d0"].confirmed
+        assert by_door["tcp1-d0"].error == ""
+        assert not by_door["tcp1-d1"].confirmed
+        assert by_door["tcp1-d1"].error == "relay readback mismatch"
+        assert by_door["tcp1-d1"].phase == "fault"
+
+
+async def test_group_records_follow_the_command_in_order_with_the_batch_time(
+    tmp_path: Path,
+) -> None:
+    async with site(tmp_path) as s:
+        assert s.daemon.doors is not None
+        assert s.daemon.journal is not None
+        names = s.daemon.doors.door_names
+        await s.daemon.journal.flush()
+        start = (await s.daemon.journal.tail(1))[-1].seq
+        results = await s.daemon.doors.command_many(names, "unlock", source="test")
+        assert all(r.confirmed for r in results)
+        await s.daemon.journal.flush()  # also hands over what the door service held back
+        entries = await s.daemon.journal.read(start, 1000)
+        command = next(e for e in entries if e.kind == "door.command")
+        assert command.data["doors"] == names
+        states = [e for e in entries if e.kind == "door.state"]
+        assert [e.door for e in states] == names  # one each, in the order commanded
+        assert all(e.seq > command.seq for e in states)
+        assert all(
+            e.data == {"from": "locked", "to": "unlocked", "intent": "unlocked"} for e in states
+        )
+        assert len({e.ts for e in states}) == 1  # stamped when the doors changed, together
+        assert states[0].ts >= command.ts
+
+
+async def test_a_group_held_up_by_a_slow_board_is_journaled_meanwhile(tmp_path: Path) -> None:
+    async with site(tmp_path) as s:
+        doors, journal = s.daemon.doors, s.daemon.journal
+        assert doors is not None
+        assert journal is not None
+        await journal.flush()
+        start = (await journal.tail(1))[-1].seq
+        s.sim.board("tcp1").delay_s = 0.18  # every reply late (the timeout is 0.2 s)
+        command = asyncio.create_task(doors.command_many(["rtu1-d0", "tcp1-d0"], "unlock"))
+
+        async def rtu_door_state_written() -> bool:
+            entries = await journal.read(start, 1000)  # committed rows only: no flush
+            return any(e.kind == "door.state" and e.door == "rtu1-d0" for e in entries)
+
+        while not await rtu_door_state_written():
+            assert not command.done(), "the batch's records waited for the slow board"
+            await asyncio.sleep(0.005)
+        results = {r.door: r for r in await command}
+        assert results["rtu1-d0"].confirmed
+        assert results["tcp1-d0"].confirmed

@@ -452,6 +452,46 @@ async def test_record_many_then_flush_keeps_order(writer: JournalWriter, db: Pat
     assert verify_journal(db).rows == 300
 
 
+async def test_record_many_keeps_order_and_stamps_one_time(writer: JournalWriter) -> None:
+    writer.record("door.command", doors=["a", "b", "c"])
+    at = format_ts()
+    writer.record_many(
+        [("door.state", name, None, {"to": "locked"}) for name in "abc"]
+        + [("board.fault", None, "tcp1", {"detail": "x"})],
+        ts=at,
+    )
+    writer.record_many([])  # nothing to queue: no error, no row
+    writer.record_many([("door.state", "a", None, {"to": "unlocked"})])  # stamped now
+    await writer.flush()
+    entries = await writer.read(limit=100)
+    assert [(e.kind, e.door, e.device) for e in entries] == [
+        ("door.command", None, None),
+        ("door.state", "a", None),
+        ("door.state", "b", None),
+        ("door.state", "c", None),
+        ("board.fault", None, "tcp1"),
+        ("door.state", "a", None),
+    ]
+    assert {e.ts for e in entries[1:5]} == {at}
+    assert entries[5].ts >= at
+
+
+async def test_flush_hooks_hand_over_held_records_first(writer: JournalWriter) -> None:
+    held: list[str] = []
+    writer.add_flush_hook(lambda: [writer.record("door.state", door=d) for d in held])
+    held.append("late")
+    await writer.flush()  # the hook records "late" before flush picks its target
+    assert [e.door for e in await writer.read(limit=10)] == ["late"]
+
+
+async def test_record_many_after_close_is_logged_not_raised(db: Path) -> None:
+    w = JournalWriter(Journal.open(db))
+    await w.close()
+    with capture_logs() as logs:
+        w.record_many([("door.state", "a", None, {"to": "locked"})])
+    assert [(log["event"], log["door"]) for log in logs] == [("journal.record_after_close", "a")]
+
+
 async def test_record_batches_writes(db: Path) -> None:
     journal = CountingJournal.open(db)
     w = JournalWriter(journal, max_batch=100)
