@@ -478,7 +478,12 @@ async def test_record_many_keeps_order_and_stamps_one_time(writer: JournalWriter
 
 async def test_flush_hooks_hand_over_held_records_first(writer: JournalWriter) -> None:
     held: list[str] = []
-    writer.add_flush_hook(lambda: [writer.record("door.state", door=d) for d in held])
+
+    def hand_over() -> None:
+        while held:
+            writer.record("door.state", door=held.pop(0))
+
+    writer.add_flush_hook(hand_over)
     held.append("late")
     await writer.flush()  # the hook records "late" before flush picks its target
     assert [e.door for e in await writer.read(limit=10)] == ["late"]
