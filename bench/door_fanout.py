@@ -258,7 +258,7 @@ class Bench:
         cpu = time.process_time() - c0
         backlog = None
         if self.daemon.journal is not None:
-            self.daemon.doors.settle()  # (normally right after the caller resumes)
+            doors.settle()  # (normally right after the caller resumes)
             backlog = self.daemon.journal.backlog
             # write this lock's records now (untimed), not during whatever step comes next
             await self.daemon.journal.flush()
