@@ -132,12 +132,10 @@ class ModbusRelayBoard:
         """Queue coil values; all commands of one loop turn share one FC15; resolves on readback."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[WriteOutcome] = loop.create_future()
-        for coil in coils:
-            if not 0 <= coil < self.config.coils:
-                fut.set_result(
-                    WriteOutcome(frozenset(), frozenset(coils), f"coil {coil} out of range")
-                )
-                return fut
+        if coils and (min(coils) < 0 or max(coils) >= self.config.coils):
+            bad = next(c for c in coils if not 0 <= c < self.config.coils)
+            fut.set_result(WriteOutcome(frozenset(), frozenset(coils), f"coil {bad} out of range"))
+            return fut
         if self._closed:
             fut.set_result(WriteOutcome(frozenset(), frozenset(coils), "board closed"))
             return fut
@@ -264,14 +262,9 @@ class ModbusRelayBoard:
     async def _write(self, batch: Mapping[int, bool]) -> None:
         lo, hi = min(batch), max(batch)
         current = self._coils or (False,) * self.config.coils
-        span: list[bool] = []
-        for c in range(lo, hi + 1):
-            if c in batch:
-                span.append(batch[c])
-            elif c in self._desired:
-                span.append(self._desired[c])
-            else:
-                span.append(current[c])
+        desired = self._desired
+        # the batch's values; between them, what we command, else what the board has
+        span = [batch[c] if c in batch else desired.get(c, current[c]) for c in range(lo, hi + 1)]
         self.stats["fc15" if len(span) > 1 else "fc5"] += 1
         readback = await self._link.write_and_read_coils(self.config.unit_id, lo, span)
         merged = list(current)
@@ -281,17 +274,19 @@ class ModbusRelayBoard:
 
     def _resolve_waiters(self) -> None:
         coils = self._coils or ()
+        n = len(coils)
+        pending = self._pending
+        # coils whose readback disagrees with what we command (once, for every waiter)
+        wrong = {c for c, v in self._desired.items() if c >= n or coils[c] != v}
         still: list[_Waiter] = []
         for w in self._waiters:
-            if any(c in self._pending for c in w.coils):
+            if pending and not w.coils.isdisjoint(pending):
                 still.append(w)  # a newer value for one of its coils is queued
                 continue
             if w.future.done():
                 continue
-            ok = frozenset(
-                c for c in w.coils if c < len(coils) and coils[c] == self._desired.get(c)
-            )
-            w.future.set_result(WriteOutcome(ok, w.coils - ok))
+            bad = w.coils & wrong
+            w.future.set_result(WriteOutcome(w.coils - bad, bad))
         self._waiters = still
 
     def _fail_waiters(self, reason: str) -> None:
