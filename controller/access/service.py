@@ -152,7 +152,9 @@ class AccessService:
         self._armed: dict[str, float] = {}  # reader -> when '*' was pressed
         self._gesture_pending: dict[str, tuple[Credential, float]] = {}
         self._free: dict[str, bool] = {}
+        self._recheck = asyncio.Event()  # a lockdown released a door: re-apply its schedule
         self._bus_of = {r.name: r.bus for r in self.settings.readers}
+        self.doors.add_listener(self._on_door_record)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -516,7 +518,22 @@ class AccessService:
                     )
                     with contextlib.suppress(Exception):
                         await self.doors.command(d.name, action, source="schedule")
-            await asyncio.sleep(FREE_SCHEDULE_CHECK_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._recheck.wait(), FREE_SCHEDULE_CHECK_S)
+            self._recheck.clear()
+
+    def _on_door_record(self, kind: str, data: Mapping[str, Any]) -> None:
+        """A lockdown hold ended on a door: its free schedule applies again, at once."""
+        if kind == "door.secure" and data.get("secured") is False:
+            door = str(data.get("door"))
+            settings = self._door_settings.get(door)
+            if settings is None or not settings.free_schedule:
+                return
+            if self._free.get(door):
+                # the hold relocked a door the schedule had unlocked: forget that, so a free
+                # period that is still on unlocks it again (and a finished one does not)
+                del self._free[door]
+            self._recheck.set()  # now, not at the next periodic check
 
     def status(self) -> list[dict[str, Any]]:
         """One row per reader."""
