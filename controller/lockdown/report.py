@@ -460,11 +460,14 @@ def _build(
         if scope:
             break
     scope = scope or "site"
-    drill = (
-        first.data.get("drill") is True
-        if first is not None
-        else any(e.data.get("drill") is True for e in members)
-    )
+    # a drill stays one only while every record says so: a real trigger during a drill makes
+    # the incident real, and every record from then on carries drill=false
+    flags = [
+        e.data["drill"]
+        for e in ([first] if first is not None else []) + list(members)
+        if isinstance(e.data.get("drill"), bool)
+    ]
+    drill = bool(flags) and all(flags)
     evacuation = (first is not None and first.data.get("evacuation") is True) or (
         first is None
         and any(e.kind == "lockdown.state" and e.data.get("to") == "evacuation" for e in members)

@@ -778,6 +778,25 @@ def test_drill_banner_everywhere() -> None:
     assert list_incidents(built(drill=True)[0].entries)[0].drill
 
 
+def test_a_real_trigger_during_a_drill_makes_the_incident_real() -> None:
+    fab = Fab()
+    trigger: dict[str, Any] = {"incident": 4, "scope": "site", "who": "op", "where": "api"}
+    trigger |= {"reason": "", "level": None}
+    fab.add("lockdown.trigger", 0.0, drill=True, source="operator", again=False, **trigger)
+    fab.add("lockdown.door", 0.1, on="a", incident=4, drill=True, status="secured", detail="")
+    status(fab, 0.11, 1, incident=4, total=1, drill=True)
+    fab.add("lockdown.trigger", 5.0, drill=False, source="panic", again=True, **trigger)
+    status(fab, 5.01, 1, incident=4, total=1, drill=False)
+    inc = build_incident(fab.entries, 4)
+    assert not inc.drill
+    assert "DRILL" not in render_markdown(inc)
+    assert json.loads(render_json(inc))["drill"] is False
+    assert not list_incidents(fab.entries)[0].drill
+    # the same incident without the real trigger stays a drill
+    drill_only = [e for e in fab.entries if e.data.get("drill") is not False]
+    assert build_incident(drill_only, 4).drill
+
+
 def test_json_report() -> None:
     fab, inc = built(recover_at=41.0)
     doc = json.loads(render_json(inc))
