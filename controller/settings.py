@@ -1041,6 +1041,15 @@ def _cross_check_access(settings: Settings, file: str) -> list[Problem]:
     }
     boards = {b.name: b for b in settings.boards}
     zones = {d.zone for d in settings.doors}
+    for i, z in enumerate(settings.zones):
+        if z.name not in zones:  # most likely a misspelt zone: its rules would apply nowhere
+            problems.append(
+                Problem(
+                    f"zones[{i}].name",
+                    f"no door is in zone {z.name!r}; door zones: {', '.join(sorted(zones))}",
+                    file,
+                )
+            )
     problems += _dupes(settings.lockdown.inputs, "lockdown.inputs", "lockdown input", file)
     for i, li in enumerate(settings.lockdown.inputs):
         where = f"lockdown.inputs[{i}]"

@@ -684,6 +684,12 @@ GOLDEN: list[tuple[str, Mutation, str, str]] = [
         "duplicate zone name 'it'",
     ),
     (
+        "zone-no-door-is-in",
+        add("zones", name="i-t", anti_passback="hard"),
+        "zones[1].name",
+        "no door is in zone 'i-t'; door zones: annex, it, lobby, offices",
+    ),
+    (
         "interlock-undefined-door",
         setp("interlocks", 0, "doors", value=["annex-entry", "annex-labs"]),
         "interlocks[0].doors[1]",
@@ -1614,6 +1620,12 @@ def problems_after_deleting(path: Path_) -> list[str]:
         return [
             f"doors[{i}].free_schedule" for i, d in enumerate(doc["doors"]) if "free_schedule" in d
         ]
+    if path[0] == "doors" and path[-1] == "zone":
+        # the door falls back to the default zone: a [[zones]] entry only it was in is unused
+        in_use = {d.get("zone", "default") for d in doc["doors"]}
+        return [
+            f"zones[{i}].name" for i, z in enumerate(doc.get("zones", [])) if z["name"] not in in_use
+        ]
     if path[0] == "readers" and path[-1] in {"key_file", "secure_channel"}:
         reader = readers[path[1]]
         (bus,) = [b for b in before["reader_buses"] if b["name"] == reader["bus"]]
@@ -1679,7 +1691,13 @@ def test_every_optional_key_of_the_demo_may_be_deleted() -> None:
     optional = optional_keys(demo_doc())
     assert len(optional) > 80
     dependent = sorted(render(p) for p in optional if problems_after_deleting(p))
-    assert dependent == ["reader_buses", "readers[1].key_file", "readers[2].key_file"]
+    it_door = next(i for i, d in enumerate(demo_doc()["doors"]) if d.get("zone") == "it")
+    assert dependent == [
+        f"doors[{it_door}].zone",
+        "reader_buses",
+        "readers[1].key_file",
+        "readers[2].key_file",
+    ]
     for path in optional:
         doc = demo_doc()
         del get(doc, path[:-1])[path[-1]]
@@ -1808,7 +1826,8 @@ def valid_documents(draw: st.DrawFn) -> Doc:
         doors.append(door)
     doc: Doc = {"controller": controller, "boards": boards, "doors": doors}
     if draw(st.booleans()):
-        doc |= draw(access_sections(door_names))
+        door_zones = sorted({door.get("zone", "default") for door in doors})
+        doc |= draw(access_sections(door_names, door_zones))
         schedule_names = [schedule["name"] for schedule in doc["schedules"]]
         for door in doors:
             if draw(st.booleans()) and schedule_names:
@@ -1826,7 +1845,7 @@ intervals = st.builds(
 
 
 @st.composite
-def access_sections(draw: st.DrawFn, doors: list[str]) -> Doc:
+def access_sections(draw: st.DrawFn, doors: list[str], door_zones: list[str]) -> Doc:
     """Valid [access], [[schedules]], [[zones]], [[interlocks]], [[reader_buses]], [[readers]]."""
 
     def maybe(table: Doc, key: str, strategy: st.SearchStrategy[Any]) -> None:
@@ -1844,9 +1863,9 @@ def access_sections(draw: st.DrawFn, doors: list[str]) -> Doc:
         {"name": name, "intervals": draw(st.lists(intervals, min_size=1, max_size=3))}
         for name in draw(st.lists(names, max_size=2, unique=True))
     ]
-    zones = [
+    zones = [  # rules for zones that doors are in (a zone no door is in is an error)
         {"name": name, "anti_passback": draw(st.sampled_from(["off", "soft", "hard"]))}
-        for name in draw(st.lists(names, max_size=2, unique=True))
+        for name in draw(st.lists(st.sampled_from(door_zones), max_size=2, unique=True))
     ]
     interlocks = []
     if len(doors) >= 2 and draw(st.booleans()):
