@@ -1623,9 +1623,8 @@ def problems_after_deleting(path: Path_) -> list[str]:
     if path[0] == "doors" and path[-1] == "zone":
         # the door falls back to the default zone: a [[zones]] entry only it was in is unused
         in_use = {d.get("zone", "default") for d in doc["doors"]}
-        return [
-            f"zones[{i}].name" for i, z in enumerate(doc.get("zones", [])) if z["name"] not in in_use
-        ]
+        zones = doc.get("zones", [])
+        return [f"zones[{i}].name" for i, z in enumerate(zones) if z["name"] not in in_use]
     if path[0] == "readers" and path[-1] in {"key_file", "secure_channel"}:
         reader = readers[path[1]]
         (bus,) = [b for b in before["reader_buses"] if b["name"] == reader["bus"]]
