@@ -324,6 +324,8 @@ class Daemon:
 
     async def _close(self) -> None:
         await self.server.close()
+        if self.management is not None:
+            self.management.close()  # unfinished uploads hold card numbers and PINs in clear
         if self.access is not None:
             await self.access.close()
         if self.lockdown is not None:

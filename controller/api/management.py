@@ -11,12 +11,15 @@ import asyncio
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
+
+import structlog
 
 from controller.access.csvio import ImportReport, export_csv, import_csv, parse_validity
 from controller.access.formats import parse_card
@@ -28,8 +31,12 @@ from controller.api.server import Reply
 from controller.doors.service import Recorder
 from controller.errors import CommandError
 
+log = structlog.get_logger(__name__)
+
 UPLOAD_CHUNK_MAX = 48 * 1024
 UPLOAD_MAX_BYTES = 512 * 1024 * 1024
+UPLOAD_IDLE_S = 600.0
+"""An import upload with no chunk for this long is abandoned: its file is deleted."""
 
 
 def _when(value: str | None, name: str, timezone: str, *, end: bool) -> datetime | None:
@@ -81,6 +88,8 @@ class _Upload:
     path: Path
     name: str = "the uploaded file"  # the client's name for it, for messages
     size: int = 0
+    touched: float = field(default_factory=time.monotonic)  # last begin or chunk
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass
@@ -93,6 +102,7 @@ class Management:
     upload_dir: Path
     timezone: str = "UTC"
     install: Callable[[str, float], None] | None = None
+    upload_idle_s: float = UPLOAD_IDLE_S
     _uploads: dict[str, _Upload] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -289,8 +299,42 @@ class Management:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
         name = arg(req, "name", str, required=False, default="the uploaded file")
-        self._uploads[token] = _Upload(path, name)
+        upload = self._uploads[token] = _Upload(path, name)
+        self._arm_expiry(token, upload, self.upload_idle_s)
         await reply(ok(req.id, upload=token, chunk_max=UPLOAD_CHUNK_MAX))
+
+    def _arm_expiry(self, token: str, upload: _Upload, delay_s: float) -> None:
+        upload.timer = asyncio.get_running_loop().call_later(delay_s, self._expire, token)
+
+    def _expire(self, token: str) -> None:
+        """Drop an upload its client abandoned: the file holds card numbers and PINs in clear."""
+        upload = self._uploads.get(token)
+        if upload is None:
+            return
+        idle = time.monotonic() - upload.touched
+        if idle < self.upload_idle_s:
+            self._arm_expiry(token, upload, self.upload_idle_s - idle)
+            return
+        self._discard(token)
+        self.recorder.record(
+            "admin.import", abandoned=True, name=upload.name, size=upload.size, committed=False
+        )
+        log.warning("import upload abandoned, removed", name=upload.name, idle_s=round(idle))
+
+    def _discard(self, token: str) -> _Upload | None:
+        """Forget an upload and delete its file (before a commit: the import keeps the file)."""
+        upload = self._uploads.pop(token, None)
+        if upload is not None:
+            if upload.timer is not None:
+                upload.timer.cancel()
+            with contextlib.suppress(FileNotFoundError):
+                upload.path.unlink()
+        return upload
+
+    def close(self) -> None:
+        """Delete every unfinished upload (their tokens end with the daemon)."""
+        for token in list(self._uploads):
+            self._discard(token)
 
     def _upload(self, req: Request) -> tuple[str, _Upload]:
         token = arg(req, "upload", str)
@@ -306,18 +350,19 @@ class Management:
             raise CommandError(f"upload larger than {UPLOAD_MAX_BYTES // 2**20} MiB")
         await self._run(_append, upload.path, data)
         upload.size += len(data)
+        upload.touched = time.monotonic()
         await reply(ok(req.id, size=upload.size))
 
     async def _credential_import_abort(self, req: Request, reply: Reply) -> None:
-        token, upload = self._upload(req)
-        del self._uploads[token]
-        with contextlib.suppress(FileNotFoundError):
-            upload.path.unlink()
+        token, _ = self._upload(req)
+        self._discard(token)
         await reply(ok(req.id))
 
     async def _credential_import_commit(self, req: Request, reply: Reply) -> None:
         token, upload = self._upload(req)
         del self._uploads[token]
+        if upload.timer is not None:
+            upload.timer.cancel()
         loop = asyncio.get_running_loop()
         progress_q: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
 
