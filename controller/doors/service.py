@@ -283,8 +283,13 @@ class DoorService:
                 for coil, door in self._coils_of.get(board, ()):
                     if coil < len(values):
                         energised, bad = values[coil], coil in mismatched
+                        s = door.state
+                        if s.relay is energised and not bad and not s.faults:
+                            # nothing new; and a value this report may have merged from an
+                            # older read must not count as a fresh readback (lockdown checks)
+                            continue
                         readback_at[door.name] = now
-                        seen = observe_relay(door.state, energised, bad)
+                        seen = observe_relay(s, energised, bad)
                         if seen is None:
                             self._apply(door, RelayRead(energised, bad, now))
                         else:
@@ -393,12 +398,13 @@ class DoorService:
                 source=source,
                 **extra,
             )
-        self._in_flight += 1
+        group = len(doors) > 1  # a fan-out: its records wait for its readbacks (see _batched)
+        self._in_flight += group
         try:
             refused = self._step_all(doors, Command(action, now, duration_s, override))
             results = await self._confirm_all(doors, action)
         finally:
-            self._in_flight -= 1
+            self._in_flight -= group
             if self._unsettled and not self._in_flight:
                 self._loop_settle(soon=True)
         if not refused:
@@ -521,14 +527,19 @@ class DoorService:
     def _notify(
         self, kind: str, door: str | None, device: str | None, data: Mapping[str, Any]
     ) -> None:
-        if self._listeners:
-            full = dict(data)
-            if door is not None:
-                full["door"] = door
-            if device is not None:
-                full["device"] = device
-            for listener in self._listeners:
+        """Tell the listeners; one that fails is logged, never allowed to break a door."""
+        if not self._listeners:
+            return
+        full = dict(data)
+        if door is not None:
+            full["door"] = door
+        if device is not None:
+            full["device"] = device
+        for listener in self._listeners:
+            try:
                 listener(kind, full)
+            except Exception:  # a live view or a schedule must never stop the doors
+                log.exception("door record listener failed", kind=kind, door=door)
 
     def readback_at(self, name: str) -> float:
         """When the door's relay was last read back (monotonic; -inf if never)."""
@@ -566,17 +577,16 @@ class DoorService:
         effects: list[Record],
         rows: list[_Row] | None,
     ) -> None:
-        """Journal a step's records: appended to ``rows``, or recorded now."""
+        """Journal a step's records: appended to ``rows`` (the caller notifies), or now."""
         record = phase_record(before, after)
         if record is not None:
             effects.append(record)
         for kind, data in effects:
             if rows is None:
                 self._recorder.record(kind, door=door.name, **data)
+                self._notify(kind, door.name, None, data)
             else:
                 rows.append((kind, door.name, None, data))
-            if self._listeners:
-                self._notify(kind, door.name, None, data)
             if kind == "door.alarm" and data.get("active"):
                 log.warning("door alarm", door=door.name, **data)
 
@@ -586,12 +596,16 @@ class DoorService:
             self._settle_timer.cancel()
             self._settle_timer = None
         batches, self._unsettled = self._unsettled, []
+        journaled: list[_Row] = []
         for ts, steps in batches:
             rows: list[_Row] = []
             for door, before, after, effects in steps:
                 self._journal_step(door, before, after, effects, rows)
             if rows:
                 self._recorder.record_many(rows, ts=ts)
+                journaled += rows
+        for kind, door_name, device, data in journaled:  # listeners only once all are journaled
+            self._notify(kind, door_name, device, data)
 
     def _loop_settle(self, *, soon: bool) -> None:
         """Have ``settle`` run on the next loop turn (``soon``) or within SETTLE_WITHIN_S."""
@@ -627,10 +641,12 @@ class DoorService:
 
         The journal stays off the command path: the batch's records, stamped with the time
         of the batch, are journaled (``settle``) after the boards' tasks, woken by the
-        batch, have sent their writes - for a group command, once its readbacks are in,
-        and at most SETTLE_WITHIN_S later. Whatever records or steps a door outside a batch
-        settles the waiting records first, and so does a journal flush: order holds and a
-        reader never misses one.
+        batch, have sent their writes - while a group command waits for its readbacks, once
+        they are in, and at most SETTLE_WITHIN_S later. Whatever records or steps a door
+        outside a batch settles the waiting records first, and so does a journal flush: the
+        door service's records keep their order and a reader never misses one. Components
+        that journal directly (lockdown runner, access service) may land a record before a
+        group's records; the timestamps tell the true order.
         """
         if self._batch is not None:
             yield

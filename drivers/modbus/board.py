@@ -102,6 +102,7 @@ class ModbusRelayBoard:
         self._mismatched: frozenset[int] = frozenset()
         self._reported: tuple[bool, ...] | None = None
         self._failures = 0
+        self._cut_last = False  # the last poll skipped its coil read for a write
         self._closed = False
         self.last_error = ""
         self.stats = {"fc15": 0, "fc5": 0, "polls": 0, "polls_cut": 0, "reconnects": 0}
@@ -185,11 +186,13 @@ class ModbusRelayBoard:
         if stale:
             log.info("reasserting relays", board=self.name, coils=sorted(stale))
             await self._write(stale)
-        self._report_coils(force=True)
         self._failures = 0
         self._backoff.reset()
         self.last_error = ""
         self._set_state(LinkState.UP)
+        # after UP: the doors judge this readback over a live link, so a relay that stuck
+        # while the board was away (a mismatch even after re-asserting) faults its door now
+        self._report_coils(force=True)
 
     async def _serve(self) -> None:
         interval = self.config.poll_interval_s
@@ -239,11 +242,14 @@ class ModbusRelayBoard:
     async def _poll(self) -> None:
         self.stats["polls"] += 1
         await self._read_inputs()
-        if self._pending:
+        if self._pending and not self._cut_last:
             # a write arrived meanwhile: it goes first, and its readback reads the coils it
-            # writes; the others are read at the next poll
+            # writes; the others are read at the next poll (never two polls cut in a row, so
+            # drift on any coil is seen within two intervals whatever the write rate)
             self.stats["polls_cut"] += 1
+            self._cut_last = True
             return
+        self._cut_last = False
         coils = await self._link.read_coils(self.config.unit_id, 0, self.config.coils)
         self._store_coils(coils, report=True)
 
@@ -306,7 +312,8 @@ class ModbusRelayBoard:
         """Emit CoilsRead when the coils or the mismatches changed.
 
         ``answered``: coils whose readback the write's futures just delivered; a change in
-        those alone is not reported again (a lock-all would otherwise be handled twice).
+        those alone is not reported again (a lock-all would otherwise be handled twice) -
+        unless some coil disagrees with its command: then every change is reported.
         """
         coils = self._coils
         if coils is None:
@@ -314,7 +321,7 @@ class ModbusRelayBoard:
         mismatched = frozenset(
             c for c, v in self._desired.items() if c not in self._pending and coils[c] != v
         )
-        if not force and mismatched == self._mismatched:
+        if not force and mismatched == self._mismatched and not mismatched:
             before = self._reported
             if coils == before:
                 return

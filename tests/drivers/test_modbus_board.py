@@ -146,6 +146,25 @@ async def test_a_write_readback_reaches_the_controller_once(tcp: Rig) -> None:
     assert last.mismatched == frozenset()
 
 
+async def test_a_write_overtakes_a_poll_but_never_two_polls_in_a_row(tcp: Rig) -> None:
+    tcp.sim.delay_s = 0.02  # every reply late: a command lands while a poll reads inputs
+    polls, cut = tcp.board.stats["polls"], tcp.board.stats["polls_cut"]
+    value = False
+    for _ in range(12):
+        seen = tcp.sim.requests[2]
+
+        def input_read_began(seen: int = seen) -> bool:
+            return tcp.sim.requests[2] > seen
+
+        await wait_for(input_read_began)  # a poll's input read is under way
+        value = not value
+        assert (await tcp.board.command({7: value})).ok
+    polls = tcp.board.stats["polls"] - polls
+    cut = tcp.board.stats["polls_cut"] - cut
+    assert cut >= 3  # the writes did go first
+    assert cut <= polls - cut + 1  # and a cut poll is always followed by a full one
+
+
 async def test_untouched_coils_in_the_span_keep_their_value(tcp: Rig) -> None:
     # coil 2 was never commanded by us; a FC15 spanning it must write back what it is
     outcome = await tcp.board.command({2: True})

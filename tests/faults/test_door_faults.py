@@ -234,3 +234,47 @@ async def test_a_group_held_up_by_a_slow_board_is_journaled_meanwhile(tmp_path: 
         results = {r.door: r for r in await command}
         assert results["rtu1-d0"].confirmed
         assert results["tcp1-d0"].confirmed
+
+
+async def test_a_relay_that_stuck_while_its_board_was_away_faults_on_return(
+    tmp_path: Path,
+) -> None:
+    async with site(tmp_path) as s:
+        board = s.sim.board("tcp1")
+        await board.set_offline(True)
+        await wait_for(lambda: s.door("tcp1-d0")["faults"] == ["link"])
+        board.stuck_coil(0, True)  # fail-secure tcp1-d0 welded energised: released
+        await board.set_offline(False)
+        # re-asserting cannot move it: the readback after reconnect faults the door at once,
+        # with no other command on the board needed to bring the mismatch up again
+        await wait_for(lambda: s.door("tcp1-d0")["faults"] == ["relay"])
+        assert s.door("tcp1-d0")["state"] == "fault"
+        assert s.door("tcp1-d0")["lock"] == "released"  # shown as it is, not as commanded
+        kinds = await s.kinds()
+        assert any(
+            k == "door.alarm" and n == "tcp1-d0" and d["alarm"] == "fault" and d["fault"] == "relay"
+            for k, n, d in kinds
+        )
+
+
+async def test_a_failing_record_listener_loses_no_record_and_stops_no_door(
+    tmp_path: Path,
+) -> None:
+    async with site(tmp_path) as s:
+        doors, journal = s.daemon.doors, s.daemon.journal
+        assert doors is not None
+        assert journal is not None
+
+        def broken(kind: str, data: dict[str, object]) -> None:
+            raise RuntimeError("listener bug")
+
+        doors.add_listener(broken)
+        await journal.flush()
+        start = (await journal.tail(1))[-1].seq
+        names = ["tcp1-d0", "rtu1-d0"]
+        results = await doors.command_many(names, "unlock")
+        assert all(r.confirmed for r in results)
+        assert all(s.door(n)["state"] == "unlocked" for n in names)
+        await journal.flush()
+        entries = await journal.read(start, 1000)
+        assert sorted(e.door or "" for e in entries if e.kind == "door.state") == sorted(names)
