@@ -36,7 +36,19 @@ log = structlog.get_logger(__name__)
 UPLOAD_CHUNK_MAX = 48 * 1024
 UPLOAD_MAX_BYTES = 512 * 1024 * 1024
 UPLOAD_IDLE_S = 600.0
+LIST_LIMIT_MAX = 100_000
 """An import upload with no chunk for this long is abandoned: its file is deleted."""
+
+
+def _page(req: Request, *, default_limit: int) -> tuple[int, int]:
+    """(limit, after) of a list request: at most ``limit`` rows with ids above ``after``."""
+    limit = int(arg(req, "limit", int, required=False, default=default_limit))
+    after = int(arg(req, "after", int, required=False, default=0))
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise CommandError(f"limit must be between 1 and {LIST_LIMIT_MAX} (got {limit})")
+    if after < 0:
+        raise CommandError(f"after must be a row id, 0 or more (got {after})")
+    return limit, after
 
 
 def _when(value: str | None, name: str, timezone: str, *, end: bool) -> datetime | None:
@@ -195,8 +207,7 @@ class Management:
 
     async def _cardholder_list(self, req: Request, reply: Reply) -> None:
         name = arg(req, "name", str, required=False)
-        limit = arg(req, "limit", int, required=False, default=100)
-        after = arg(req, "after", int, required=False, default=0)
+        limit, after = _page(req, default_limit=100)
         rows = await self._run(self.store.find_cardholders, name, after_id=after, limit=limit)
         await reply(ok(req.id, cardholders=[cardholder_json(c) for c in rows]))
 
@@ -289,7 +300,8 @@ class Management:
 
     async def _credential_list(self, req: Request, reply: Reply) -> None:
         cid = arg(req, "cardholder", int, required=False)
-        rows = await self._run(self.store.list_credentials, cid)
+        limit, after = _page(req, default_limit=1000)
+        rows = await self._run(self.store.list_credentials, cid, after_id=after, limit=limit)
         await reply(ok(req.id, credentials=[credential_json(c) for c in rows]))
 
     async def _credential_import_begin(self, req: Request, reply: Reply) -> None:

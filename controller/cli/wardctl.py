@@ -78,7 +78,8 @@ def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("--valid-until", help="ISO-8601 date-time")
     lst = chs.add_parser("list", help="list cardholders", parents=[common])
     lst.add_argument("--name", help="name contains")
-    lst.add_argument("--limit", type=int, default=100)
+    lst.add_argument("--limit", type=int, default=100, help="at most N rows (default 100)")
+    lst.add_argument("--after", type=int, default=0, help="ids above this (the next page)")
     show = chs.add_parser("show", help="one cardholder with credentials", parents=[common])
     show.add_argument("id", type=int)
     for action, text in (("disable", "disable"), ("enable", "re-enable")):
@@ -101,6 +102,8 @@ def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     rev.add_argument("--card", help="revoke by card instead of id")
     lst = crs.add_parser("list", help="list credentials (masked)", parents=[common])
     lst.add_argument("--cardholder", type=int)
+    lst.add_argument("--limit", type=int, default=1000, help="at most N rows (default 1000)")
+    lst.add_argument("--after", type=int, default=0, help="ids above this (the next page)")
     imp = crs.add_parser("import", help="import a CSV, all or nothing", parents=[common])
     imp.add_argument("file", type=Path)
     exp = crs.add_parser("export", help="export cardholders and masked cards", parents=[common])
@@ -296,6 +299,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _more(rows: list[dict[str, Any]], limit: int) -> str:
+    """A hint under a full page of a list: how to ask for the next one."""
+    if rows and len(rows) >= limit:
+        return f"\n(first {limit} shown; the next page: --after {rows[-1]['id']})"
+    return ""
+
+
 def _emit(out: TextIO, as_json: bool, payload: Any, text: str) -> None:
     out.write((json.dumps(payload, indent=2) if as_json else text) + "\n")
 
@@ -319,7 +329,7 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             cid = reply["cardholder"]
             _emit(out, as_json, {"id": cid}, f"cardholder {cid} added")
         elif action == "list":
-            req = {"limit": args.limit}
+            req = {"limit": args.limit, "after": args.after}
             if args.name:
                 req["name"] = args.name
             rows = client.call("cardholder.list", **req)["cardholders"]
@@ -327,7 +337,8 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
                 out,
                 as_json,
                 rows,
-                _table(rows, ["id", "name", "state", "levels", "privileges", "valid_until"]),
+                _table(rows, ["id", "name", "state", "levels", "privileges", "valid_until"])
+                + _more(rows, args.limit),
             )
         elif action == "show":
             reply = client.call("cardholder.show", cardholder=args.id)
@@ -363,13 +374,16 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             client.call("credential.revoke", **req)
             _emit(out, as_json, {"revoked": True}, "revoked")
         elif action == "list":
-            req = {} if args.cardholder is None else {"cardholder": args.cardholder}
+            req = {"limit": args.limit, "after": args.after}
+            if args.cardholder is not None:
+                req["cardholder"] = args.cardholder
             rows = client.call("credential.list", **req)["credentials"]
             _emit(
                 out,
                 as_json,
                 rows,
-                _table(rows, ["id", "cardholder_id", "card", "format", "state", "valid_until"]),
+                _table(rows, ["id", "cardholder_id", "card", "format", "state", "valid_until"])
+                + _more(rows, args.limit),
             )
         elif action == "import":
             return _import(args.file, client, out, as_json)

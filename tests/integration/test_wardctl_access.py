@@ -397,6 +397,18 @@ async def test_credential_add_in_every_syntax_lists_masked_cards_only(rig: Rig) 
     every = await rig.json("credential", "list")
     assert {r["id"] for r in rows} <= {r["id"] for r in every}
     assert all("*" in r["card"] or "…" in r["card"] for r in every)
+    # paging: --limit rows with ids above --after; a full page says how to get the next
+    page1 = await rig.json("credential", "list", "--cardholder", str(bob), "--limit", "2")
+    assert [r["id"] for r in page1] == [first, uid["id"]]
+    page2 = await rig.json(
+        "credential", "list", "--cardholder", str(bob), "--limit", "2", "--after", str(uid["id"])
+    )
+    assert [r["id"] for r in page2] == [number["id"]]
+    paged = (await rig.ok("credential", "list", "--cardholder", str(bob), "--limit", "2")).lines
+    assert paged[-1] == f"(first 2 shown; the next page: --after {uid['id']})"
+    assert "--after" not in (await rig.ok("credential", "list", "--cardholder", str(bob))).stdout
+    error = await rig.refused("credential", "list", "--limit", "0")
+    assert error == "wardctl: limit must be between 1 and 100000 (got 0)", error
 
     assert await rig.reason("h10301:12:345") == "granted"
     assert await rig.reason("uid:045E6F7A") == "granted"
