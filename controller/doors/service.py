@@ -399,10 +399,11 @@ class DoorService:
                 **extra,
             )
         group = len(doors) > 1  # a fan-out: its records wait for its readbacks (see _batched)
+        earlier = [d.outcome for d in doors]
         self._in_flight += group
         try:
             refused = self._step_all(doors, Command(action, now, duration_s, override))
-            results = await self._confirm_all(doors, action)
+            results = await self._confirm_all(doors, action, earlier)
         finally:
             self._in_flight -= group
             if self._unsettled and not self._in_flight:
@@ -434,17 +435,29 @@ class DoorService:
                 self._apply(door, command)
         return refused
 
-    async def _confirm_all(self, doors: list[_Door], action: str) -> list[CommandResult]:
-        """Wait (bounded) for every door's readback with one wait, then report each."""
+    async def _confirm_all(
+        self,
+        doors: list[_Door],
+        action: str,
+        earlier: list[asyncio.Future[WriteOutcome] | None],
+    ) -> list[CommandResult]:
+        """Wait (bounded) for every door's readback with one wait, then report each.
+
+        ``earlier``: each door's outcome before this command. A door whose relay needed no new
+        write is judged by its state now (its last readback), not by an old write's answer -
+        unless that write is still on its way, which then answers this command too.
+        """
         pending = {d.outcome for d in doors if d.outcome is not None and not d.outcome.done()}
         if pending:
             await asyncio.wait(pending, timeout=self._timeout)
         # a group shares one future per board: judge each future once, then each door
         verdicts: dict[int, tuple[bool, str, frozenset[int]]] = {}
         results = []
-        for door in doors:
+        for door, before in zip(doors, earlier, strict=True):
             s = door.state
             fut = door.outcome
+            if fut is before and fut not in pending:
+                fut = None  # no write for this command and none in flight: judge the door
             if fut is None:
                 confirmed = s.link_up and s.relay == desired_relay(door.spec, s)
                 error = "" if confirmed else s.fault_detail or "not confirmed"

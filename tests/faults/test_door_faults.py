@@ -278,3 +278,18 @@ async def test_a_failing_record_listener_loses_no_record_and_stops_no_door(
         await journal.flush()
         entries = await journal.read(start, 1000)
         assert sorted(e.door or "" for e in entries if e.kind == "door.state") == sorted(names)
+
+
+async def test_a_command_that_needs_no_write_reports_the_relay_as_it_is(tmp_path: Path) -> None:
+    async with site(tmp_path) as s:
+        doors = s.daemon.doors
+        assert doors is not None
+        assert (await doors.command("tcp1-d0", "lock")).confirmed  # locked and read back
+        s.sim.board("tcp1").stuck_coil(0, True)  # then the strike welds energised: released
+        await wait_for(lambda: s.door("tcp1-d0")["faults"] == ["relay"])  # seen by polling
+        # locking again needs no write (the relay is already commanded locked); the answer
+        # comes from the door's readback now, not from the old write that once confirmed it
+        result = await doors.command("tcp1-d0", "lock")
+        assert not result.confirmed
+        assert result.phase == "fault"
+        assert result.error == "relay readback mismatch"
