@@ -147,7 +147,7 @@ async def test_a_write_readback_reaches_the_controller_once(tcp: Rig) -> None:
 
 
 async def test_a_write_overtakes_a_poll_but_never_two_polls_in_a_row(tcp: Rig) -> None:
-    tcp.sim.delay_s = 0.02  # every reply late: a command lands while a poll reads inputs
+    tcp.sim.delay_s = 0.05  # every reply late: a command lands while a poll reads inputs
     polls, cut = tcp.board.stats["polls"], tcp.board.stats["polls_cut"]
     value = False
     for _ in range(12):
