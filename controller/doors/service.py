@@ -638,15 +638,7 @@ class DoorService:
         if self._batch is not None:
             self._batch.append(door)  # sent together by _flush_batch
             return
-        want = desired_relay(door.spec, door.state)
-        if want == door.commanded:
-            return
-        door.commanded = want
-        board = self._boards[door.board]
-        coil = door.coil
-        fut = board.command({coil: want})
-        door.outcome = fut
-        fut.add_done_callback(functools.partial(self._on_outcome, door, want, coil))
+        self._flush_batch([door])
 
     @contextlib.contextmanager
     def _batched(self) -> Iterator[None]:
@@ -722,21 +714,3 @@ class DoorService:
                 self._apply(door, RelayRead(energised, mismatched, now))
             else:
                 door.state = seen  # confirmed; nothing else changes
-
-    def _on_outcome(
-        self, door: _Door, want: bool, coil: int, fut: asyncio.Future[WriteOutcome]
-    ) -> None:
-        if fut.cancelled() or door.outcome is not fut:
-            return
-        outcome = fut.result()
-        if outcome.error:
-            return  # link trouble is reported through LinkChanged
-        mismatched = coil in outcome.mismatched
-        energised = (not want) if mismatched else want
-        now = self._clock()
-        self._readback_at[door.name] = now
-        seen = observe_relay(door.state, energised, mismatched)
-        if seen is None:
-            self._apply(door, RelayRead(energised, mismatched, now))
-        else:
-            door.state = seen  # confirmed; nothing else changes
