@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -289,6 +289,33 @@ def board_lines(
         "backoff_max_ms = 500",
         "",
     ]
+
+
+def twin_site_sections(
+    workdir: Path,
+    controller_id: str,
+    warding_ports: Sequence[int],
+    raw_ports: Sequence[int],
+    board: Callable[[str, int], list[str]],
+) -> tuple[list[str], list[str], list[str]]:
+    """(``[controller]`` lines, the daemon's boards w00.., their twins r00.. for the floor)."""
+    head = [
+        "[controller]",
+        f'id = "{controller_id}"',
+        f'socket = "{workdir / "control.sock"}"',
+        f'journal = "{workdir / "journal.db"}"',
+        'log_level = "warning"',
+        "",
+    ]
+    boards = [line for b, port in enumerate(warding_ports) for line in board(f"w{b:02d}", port)]
+    twins = [line for b, port in enumerate(raw_ports) for line in board(f"r{b:02d}", port)]
+    return head, boards, twins
+
+
+def keep_error(errors: list[str], error: str, most: int = 5) -> None:
+    """Keep the first few distinct errors of a run for its report."""
+    if error not in errors and len(errors) < most:
+        errors.append(error)
 
 
 def positive_int(text: str) -> int:

@@ -42,11 +42,13 @@ from bench._common import (
     board_lines,
     emit_json,
     free_ports,
+    keep_error,
     non_negative_int,
     positive_int,
     quiet_logs,
     summarize,
     temp_dir,
+    twin_site_sections,
 )
 from controller.app import Daemon
 from controller.sdnotify import SdNotifier
@@ -97,8 +99,7 @@ class Samples:
 
     def note(self, error: str) -> None:
         """Keep the first few distinct errors for the report."""
-        if error not in self.errors and len(self.errors) < 5:
-            self.errors.append(error)
+        keep_error(self.errors, error)
 
 
 # -- site files -----------------------------------------------------------------------------
@@ -121,20 +122,13 @@ def site_files(
     workdir: Path, warding_ports: Sequence[int], raw_ports: Sequence[int], opts: Options
 ) -> tuple[str, str]:
     """(daemon site TOML, simulator site TOML): the simulator also hosts the twin boards."""
-    head = [
-        "[controller]",
-        'id = "bench-fanout"',
-        f'socket = "{workdir / "control.sock"}"',
-        f'journal = "{workdir / "journal.db"}"',
-        'log_level = "warning"',
-        "",
-    ]
-    boards: list[str] = []
-    for b, port in enumerate(warding_ports):
-        boards += _board_lines(f"w{b:02d}", port, opts)
-    twins: list[str] = []
-    for b, port in enumerate(raw_ports):
-        twins += _board_lines(f"r{b:02d}", port, opts)
+    head, boards, twins = twin_site_sections(
+        workdir,
+        "bench-fanout",
+        warding_ports,
+        raw_ports,
+        lambda name, port: _board_lines(name, port, opts),
+    )
     doors: list[str] = []
     for i in range(opts.doors):
         board, coil = divmod(i, opts.doors_per_board)
