@@ -121,7 +121,7 @@ _Row = tuple[str, str | None, str | None, Mapping[str, Any]]  # (kind, door, dev
 
 
 class _Step(NamedTuple):
-    """A door's step in a batch, kept until its records and deadline are settled."""
+    """A door's step in a batch, kept until its records are journaled (``settle``)."""
 
     door: _Door
     before: DoorState
@@ -577,31 +577,22 @@ class DoorService:
             self._batch.append(door)
             self._batch_steps.append(_Step(door, before, state, effects))
             return
-        if self._unsettled:
-            self.settle()  # an earlier batch's records come first
-        self._journal_step(door, before, state, effects, None)
+        for kind, data in self._step_records(door, before, state, effects):
+            self._record(kind, door=door.name, **data)  # (settles an earlier batch first)
         self._sync_relay(door)
 
-    def _journal_step(
-        self,
-        door: _Door,
-        before: DoorState,
-        after: DoorState,
-        effects: list[Record],
-        rows: list[_Row] | None,
-    ) -> None:
-        """Journal a step's records: appended to ``rows`` (the caller notifies), or now."""
+    @staticmethod
+    def _step_records(
+        door: _Door, before: DoorState, after: DoorState, effects: list[Record]
+    ) -> list[Record]:
+        """A step's records, its ``door.state`` included; active alarms are also logged."""
         record = phase_record(before, after)
         if record is not None:
             effects.append(record)
         for kind, data in effects:
-            if rows is None:
-                self._recorder.record(kind, door=door.name, **data)
-                self._notify(kind, door.name, None, data)
-            else:
-                rows.append((kind, door.name, None, data))
             if kind == "door.alarm" and data.get("active"):
                 log.warning("door alarm", door=door.name, **data)
+        return effects
 
     def settle(self) -> None:
         """Journal every batch step still waiting, stamped with its batch's time (idempotent)."""
@@ -611,9 +602,11 @@ class DoorService:
         batches, self._unsettled = self._unsettled, []
         journaled: list[_Row] = []
         for ts, steps in batches:
-            rows: list[_Row] = []
-            for door, before, after, effects in steps:
-                self._journal_step(door, before, after, effects, rows)
+            rows: list[_Row] = [
+                (kind, door.name, None, data)
+                for door, before, after, effects in steps
+                for kind, data in self._step_records(door, before, after, effects)
+            ]
             if rows:
                 self._recorder.record_many(rows, ts=ts)
                 journaled += rows
