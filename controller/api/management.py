@@ -36,8 +36,9 @@ log = structlog.get_logger(__name__)
 UPLOAD_CHUNK_MAX = 48 * 1024
 UPLOAD_MAX_BYTES = 512 * 1024 * 1024
 UPLOAD_IDLE_S = 600.0
-LIST_LIMIT_MAX = 100_000
 """An import upload with no chunk for this long is abandoned: its file is deleted."""
+LIST_LIMIT_MAX = 100_000
+"""The most rows one page of ``cardholder.list`` / ``credential.list`` may ask for."""
 
 
 def _page(req: Request, *, default_limit: int) -> tuple[int, int]:
