@@ -10,11 +10,15 @@ control socket in a temp dir) against simulated Modbus TCP boards in a subproces
   FC15 of the same coil values and one FC1 readback of the same span (untimed unlock, timed
   lock). It talks to twin boards in the same simulator process: writing the daemon's own boards
   behind its back would (rightly) fault its doors.
+* driver: warding's own board driver (``ModbusRelayBoard`` over ``ModbusLink``, polling as in
+  the daemon) with no door logic: one coil command per board, timed until every board's
+  readback is in. It talks to a third set of twin boards. It splits warding's overhead over the
+  floor into the driver's share and the door service's.
 * rtt: one FC15 round trip to one twin board.
 
-The three alternate round by round (warding first on even rounds, floor first on odd ones) and
-each timed step starts after the same random pause (0..poll interval), so machine noise and the
-phase of the daemon's input polling hit both alike. The daemon's polling keeps running all the
+The kinds take turns in a rotating order round by round, and each timed step starts after the
+same random pause (0..poll interval), so machine noise and the phase of the daemon's input
+polling hit all alike. The daemon's polling keeps running all the
 time, as in a deployment. Besides wall time, the CPU time of this process (all threads: the
 journal writer is one) is taken over each timed window. BENCHMARKS.md has figures and findings.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import random
 import sys
 import time
@@ -50,10 +55,12 @@ from bench._common import (
     temp_dir,
     twin_site_sections,
 )
-from controller.app import Daemon
+from controller.app import Daemon, build_boards
 from controller.sdnotify import SdNotifier
 from controller.settings import Settings, parse_toml
-from drivers.base import LinkState
+from drivers.base import DriverEvent, LinkState
+from drivers.modbus.board import ModbusRelayBoard
+from drivers.modbus.link import ModbusLink
 
 TARGET_RATIO_P99 = 1.25
 READY_TIMEOUT_S = 60.0
@@ -87,10 +94,13 @@ class Samples:
     warding: list[float] = field(default_factory=list)
     floor: list[float] = field(default_factory=list)
     rtt: list[float] = field(default_factory=list)
+    driver: list[float] = field(default_factory=list)
     warding_cpu: list[float] = field(default_factory=list)
     floor_cpu: list[float] = field(default_factory=list)
+    driver_cpu: list[float] = field(default_factory=list)
     failures: int = 0
     floor_failures: int = 0
+    driver_failures: int = 0
     rtt_failures: int = 0
     errors: list[str] = field(default_factory=list)
     fc15_per_lock: list[int] = field(default_factory=list)
@@ -118,17 +128,7 @@ def _board_lines(name: str, port: int, opts: Options) -> list[str]:
     )
 
 
-def site_files(
-    workdir: Path, warding_ports: Sequence[int], raw_ports: Sequence[int], opts: Options
-) -> tuple[str, str]:
-    """(daemon site TOML, simulator site TOML): the simulator also hosts the twin boards."""
-    head, boards, twins = twin_site_sections(
-        workdir,
-        "bench-fanout",
-        warding_ports,
-        raw_ports,
-        lambda name, port: _board_lines(name, port, opts),
-    )
+def _door_lines(opts: Options, prefix: str) -> list[str]:
     doors: list[str] = []
     for i in range(opts.doors):
         board, coil = divmod(i, opts.doors_per_board)
@@ -137,12 +137,30 @@ def site_files(
             f'name = "d{i:03d}"',
             'zone = "bench"',
             'lock = "fail-secure"',
-            f'relay = {{ board = "w{board:02d}", coil = {coil} }}',
+            f'relay = {{ board = "{prefix}{board:02d}", coil = {coil} }}',
             "",
         ]
+    return doors
+
+
+def site_files(
+    workdir: Path,
+    warding_ports: Sequence[int],
+    raw_ports: Sequence[int],
+    opts: Options,
+    driver_ports: Sequence[int] = (),
+) -> tuple[str, str, str]:
+    """(daemon site, simulator site, driver-floor site) TOML; the simulator hosts the twins."""
+    lines = functools.partial(_board_lines, opts=opts)
+    head, boards, twins = twin_site_sections(
+        workdir, "bench-fanout", warding_ports, raw_ports, lines
+    )
+    drivers = [line for b, port in enumerate(driver_ports) for line in lines(f"x{b:02d}", port)]
+    doors = _door_lines(opts, "w")
     daemon = "\n".join(head + boards + doors)
-    sim = "\n".join(head + boards + twins + doors)
-    return daemon, sim
+    sim = "\n".join(head + boards + twins + drivers + doors)
+    driver_site = "\n".join(head + drivers + _door_lines(opts, "x")) if driver_ports else ""
+    return daemon, sim, driver_site
 
 
 # -- the measurement ------------------------------------------------------------------------
@@ -152,7 +170,12 @@ class Bench:
     """The daemon under test, the raw clients of the floor, and the rounds."""
 
     def __init__(
-        self, opts: Options, settings: Settings, raw_ports: Sequence[int], workdir: Path
+        self,
+        opts: Options,
+        settings: Settings,
+        raw_ports: Sequence[int],
+        workdir: Path,
+        driver_settings: Settings,
     ) -> None:
         self.opts = opts
         self.daemon = Daemon(
@@ -164,6 +187,10 @@ class Bench:
         )
         self.raw_ports = list(raw_ports)
         self.clients: list[AsyncModbusTcpClient] = []
+        self.driver_settings = driver_settings
+        self.drivers: list[ModbusRelayBoard] = []
+        self.driver_links: list[ModbusLink] = []
+        self.driver_tasks: list[asyncio.Task[None]] = []
         self.rng = random.Random(opts.seed)
         self.samples = Samples()
         self._task: asyncio.Task[int] | None = None
@@ -198,6 +225,25 @@ class Bench:
         connected = await asyncio.gather(*(c.connect() for c in self.clients))
         if not all(connected):
             raise RuntimeError("raw clients could not connect to the twin boards")
+        await self._start_drivers()
+
+    async def _start_drivers(self) -> None:
+        """Run warding's board drivers (no doors) on the third twin set until all are up."""
+
+        def ignore(event: DriverEvent) -> None:
+            del event  # input and coil reports: the driver floor needs only the futures
+
+        boards, self.driver_links = build_boards(self.driver_settings, ignore)
+        self.drivers = list(boards.values())
+        self.driver_tasks = [
+            asyncio.create_task(b.run(), name=f"driver-{b.name}") for b in self.drivers
+        ]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while any(b.link is not LinkState.UP for b in self.drivers):
+            if time.monotonic() > deadline:
+                down = [b.name for b in self.drivers if b.link is not LinkState.UP]
+                raise RuntimeError(f"driver-floor boards not up: {down}")
+            await asyncio.sleep(0.01)
 
     def _check_daemon(self) -> None:
         """Raise RuntimeError (with the cause) if the daemon task has ended."""
@@ -211,6 +257,13 @@ class Bench:
         """Close the raw clients and shut the daemon down (relays to their fail state)."""
         for client in self.clients:
             client.close()
+        for board in self.drivers:
+            await board.close()
+        for driver_task in self.driver_tasks:
+            driver_task.cancel()
+        await asyncio.gather(*self.driver_tasks, return_exceptions=True)
+        for link in self.driver_links:
+            link.close()
         self.daemon.shutdown.set()
         task = self._task
         if task is None:
@@ -306,6 +359,36 @@ class Bench:
         else:
             self.samples.floor_failures += 1
 
+    async def driver_round(self, record: bool) -> None:
+        """Warding's board drivers alone: energise all (untimed), then time de-energising."""
+        k = self.opts.doors_per_board
+
+        async def command_all(value: bool) -> bool:
+            futures = [b.command(dict.fromkeys(range(k), value)) for b in self.drivers]
+            await asyncio.wait(futures, timeout=self.opts.timeout_ms / 1000)
+            for fut in futures:
+                if not fut.done():
+                    self.samples.note("driver: no readback in time")
+                    return False
+                if not fut.result().ok:
+                    self.samples.note(f"driver: {fut.result()}")
+                    return False
+            return True
+
+        ok = await command_all(True)
+        await self._pause()
+        c0, t0 = time.process_time(), time.perf_counter()
+        done = await command_all(False)
+        elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        if not record:
+            return
+        if ok and done:
+            self.samples.driver.append(elapsed)
+            self.samples.driver_cpu.append(cpu)
+        else:
+            self.samples.driver_failures += 1
+
     async def rtt_round(self, record: bool) -> None:
         """One FC15 round trip to one twin board (the values it already holds)."""
         values = [False] * self.opts.doors_per_board
@@ -326,27 +409,29 @@ class Bench:
             self.samples.rtt_failures += 1
 
     async def run_rounds(self) -> Samples:
-        """Warm-up rounds (not recorded), then the measured rounds, alternating A/B."""
+        """Warm-up rounds (not recorded), then the measured rounds, in rotating order."""
+        kinds = [self.warding_round, self.floor_round, self.driver_round]
         total = self.opts.warmup + self.opts.rounds
         for i in range(total):
             self._check_daemon()
             if self.daemon.shutdown.is_set():
                 raise RuntimeError("the daemon was told to stop (signal)")
             record = i >= self.opts.warmup
-            if i % 2 == 0:
-                await self.warding_round(record)
-                await self.floor_round(record)
-            else:
-                await self.floor_round(record)
-                await self.warding_round(record)
+            first = i % len(kinds)
+            for kind in kinds[first:] + kinds[:first]:
+                await kind(record)
             await self.rtt_round(record)
         return self.samples
 
 
 async def _measure(
-    opts: Options, settings: Settings, raw_ports: Sequence[int], workdir: Path
+    opts: Options,
+    settings: Settings,
+    raw_ports: Sequence[int],
+    workdir: Path,
+    driver_settings: Settings,
 ) -> Samples:
-    bench = Bench(opts, settings, raw_ports, workdir)
+    bench = Bench(opts, settings, raw_ports, workdir, driver_settings)
     try:
         await bench.start()
         return await bench.run_rounds()
@@ -360,11 +445,15 @@ def run(opts: Options, *, attempts: int = 3) -> dict[str, Any]:
     last: Exception | None = None
     for _ in range(attempts):  # a port picked as free may be taken by someone else meanwhile
         with temp_dir("wfan-") as workdir:
-            ports = free_ports(2 * opts.boards)
-            warding_ports, raw_ports = ports[: opts.boards], ports[opts.boards :]
-            daemon_toml, sim_toml = site_files(workdir, warding_ports, raw_ports, opts)
+            n = opts.boards
+            ports = free_ports(3 * n)
+            warding_ports, raw_ports, driver_ports = ports[:n], ports[n : 2 * n], ports[2 * n :]
+            daemon_toml, sim_toml, driver_toml = site_files(
+                workdir, warding_ports, raw_ports, opts, driver_ports
+            )
             (workdir / "sim.toml").write_text(sim_toml, "utf-8")
             settings = parse_toml(daemon_toml, "<bench daemon site>")
+            driver_settings = parse_toml(driver_toml, "<bench driver-floor site>")
             sim = SimulatorProcess(workdir / "sim.toml", ports, workdir=workdir)
             try:
                 sim.start()
@@ -372,7 +461,7 @@ def run(opts: Options, *, attempts: int = 3) -> dict[str, Any]:
                 last = exc
                 continue
             try:
-                samples = asyncio.run(_measure(opts, settings, raw_ports, workdir))
+                samples = asyncio.run(_measure(opts, settings, raw_ports, workdir, driver_settings))
             finally:
                 sim.stop()
             return report(opts, samples)
@@ -381,12 +470,13 @@ def run(opts: Options, *, attempts: int = 3) -> dict[str, Any]:
 
 def report(opts: Options, s: Samples) -> dict[str, Any]:
     """The JSON object: warding p50/p99, the floors, their ratios and the counters."""
-    if not s.warding or not s.floor or not s.rtt:
+    if not s.warding or not s.floor or not s.rtt or not s.driver:
         raise RuntimeError(
             f"no successful rounds (failures={s.failures}, floor_failures={s.floor_failures}, "
-            f"rtt_failures={s.rtt_failures}): {s.errors}"
+            f"driver_failures={s.driver_failures}, rtt_failures={s.rtt_failures}): {s.errors}"
         )
     w, f, r = summarize(s.warding), summarize(s.floor), summarize(s.rtt)
+    d = summarize(s.driver)
     cpu, floor_cpu = summarize(s.warding_cpu), summarize(s.floor_cpu)
     ratio_p99 = w.p99_ms / f.p99_ms
     out: dict[str, Any] = {
@@ -395,6 +485,10 @@ def report(opts: Options, s: Samples) -> dict[str, Any]:
         "p99_ms": round(w.p99_ms, 3),
         "floor_ms": round(f.p99_ms, 3),
         "floor_p50_ms": round(f.p50_ms, 3),
+        "driver_p50_ms": round(d.p50_ms, 3),
+        "driver_p99_ms": round(d.p99_ms, 3),
+        "ratio_driver_p99": round(d.p99_ms / f.p99_ms, 3),
+        "ratio_driver_p50": round(d.p50_ms / f.p50_ms, 3),
         "rtt_ms": round(r.p99_ms, 3),
         "rtt_p50_ms": round(r.p50_ms, 3),
         "ratio_p99": round(ratio_p99, 3),
@@ -411,9 +505,11 @@ def report(opts: Options, s: Samples) -> dict[str, Any]:
         "poll_interval_ms": opts.poll_interval_ms,
         "failures": s.failures,
         "floor_failures": s.floor_failures,
+        "driver_failures": s.driver_failures,
         "rtt_failures": s.rtt_failures,
         "cpu_p50_ms": round(cpu.p50_ms, 3),
         "floor_cpu_p50_ms": round(floor_cpu.p50_ms, 3),
+        "driver_cpu_p50_ms": round(summarize(s.driver_cpu).p50_ms, 3),
         "max_ms": round(w.max_ms, 3),
         "floor_max_ms": round(f.max_ms, 3),
         "fc15_per_lock": max(s.fc15_per_lock, default=0),
@@ -434,9 +530,11 @@ def summary_text(r: dict[str, Any]) -> str:
             f"poll every {r['poll_interval_ms']} ms",
             f"  warding lock-all  p50 {r['p50_ms']:8.3f} ms   p99 {r['p99_ms']:8.3f} ms",
             f"  raw pymodbus      p50 {r['floor_p50_ms']:8.3f} ms   p99 {r['floor_ms']:8.3f} ms",
+            f"  board driver only p50 {r['driver_p50_ms']:8.3f} ms   p99 "
+            f"{r['driver_p99_ms']:8.3f} ms   (no doors: ratio p99 {r['ratio_driver_p99']:.3f})",
             f"  one FC15 RTT      p50 {r['rtt_p50_ms']:8.3f} ms   p99 {r['rtt_ms']:8.3f} ms",
             f"  CPU of this process in the window (p50): warding {r['cpu_p50_ms']:.3f} ms, "
-            f"raw {r['floor_cpu_p50_ms']:.3f} ms",
+            f"raw {r['floor_cpu_p50_ms']:.3f} ms, driver {r['driver_cpu_p50_ms']:.3f} ms",
             f"  ratio p99 {r['ratio_p99']:.3f} (target <= {r['target_ratio_p99']}: {met}), "
             f"ratio p50 {r['ratio_p50']:.3f}, failures {r['failures']}",
         ]

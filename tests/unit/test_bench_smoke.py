@@ -22,8 +22,11 @@ FLOAT_KEYS = (
     "floor_p50_ms",
     "rtt_ms",
     "ratio_p99",
+    "driver_p50_ms",
+    "driver_p99_ms",
+    "ratio_driver_p99",
 )
-INT_KEYS = ("n", "doors", "boards", "poll_interval_ms", "failures")
+INT_KEYS = ("n", "doors", "boards", "poll_interval_ms", "failures", "driver_failures")
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -62,11 +65,21 @@ def test_summarize_converts_seconds_to_ms() -> None:
 
 def test_site_files_are_valid_and_share_the_doors(tmp_path: Path) -> None:
     opts = Options(doors=8, boards=2)
-    daemon_toml, sim_toml = site_files(tmp_path, [15001, 15002], [15003, 15004], opts)
+    daemon_toml, sim_toml, driver_toml = site_files(
+        tmp_path, [15001, 15002], [15003, 15004], opts, [15005, 15006]
+    )
     daemon = parse_toml(daemon_toml)
     sim = parse_toml(sim_toml)
+    driver = parse_toml(driver_toml)
     assert [b.name for b in daemon.boards] == ["w00", "w01"]
-    assert [b.name for b in sim.boards] == ["w00", "w01", "r00", "r01"]
+    assert [b.name for b in sim.boards] == ["w00", "w01", "r00", "r01", "x00", "x01"]
+    assert [(b.name, getattr(b, "port", None)) for b in driver.boards] == [
+        ("x00", 15005),
+        ("x01", 15006),
+    ]
+    assert {(d.relay.board, d.relay.coil) for d in driver.doors} == {
+        (f"x{b:02d}", c) for b in range(2) for c in range(4)
+    }
     assert daemon.doors == sim.doors
     assert {(d.relay.board, d.relay.coil) for d in daemon.doors} == {
         (f"w{b:02d}", c) for b in range(2) for c in range(4)
