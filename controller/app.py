@@ -34,6 +34,7 @@ from controller.api.protocol import PROTOCOL_VERSION, ProtocolError, Request, ar
 from controller.api.server import PEER, ControlServer, Reply
 from controller.doors.service import DoorService
 from controller.errors import CommandError, WardingError
+from controller.journal import CLOSE_GRACE_S as JOURNAL_GRACE_S
 from controller.journal import Journal, JournalWriter
 from controller.lockdown.runner import LockdownRunner
 from controller.sdnotify import SdNotifier
@@ -128,6 +129,7 @@ class Daemon:
         self.buses: dict[str, CredentialReaderBus] = {}
         self.server = ControlServer(self.socket_path, self._dispatch)
         self._tasks: list[asyncio.Task[Any]] = []
+        self._stop_deadline: float | None = None
 
     async def run(self) -> int:
         """Run until shutdown; return the process exit status."""
@@ -300,15 +302,29 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
+    def _remaining_s(self, floor_s: float = 0.05) -> float:
+        """Seconds left of the shutdown budget (at least ``floor_s``)."""
+        deadline = self._stop_deadline
+        if deadline is None:
+            return self.settings.controller.shutdown_timeout_s
+        return max(floor_s, deadline - time.monotonic())
+
     async def _stop(self) -> None:
+        """Doors to their safe state first, then stop serving and stop the tasks.
+
+        The whole shutdown (this and ``_close``) keeps to one budget,
+        ``controller.shutdown_timeout_s``; the control socket's lock is released last, so no
+        second daemon can take the relays over while this one is still making them safe.
+        """
         assert self.doors is not None
-        self.notifier.stopping()
-        await self.server.close()
         budget = self.settings.controller.shutdown_timeout_s
+        self._stop_deadline = time.monotonic() + budget
+        self.notifier.stopping()
         held = self.lockdown.held_doors() if self.lockdown is not None else frozenset()
-        result = await self.doors.apply_fail_state(budget * 0.6, keep_locked=held)
+        result = await self.doors.apply_fail_state(budget * 0.5, keep_locked=held)
         failed = [n for n, ok_ in result.items() if not ok_]
         self.journal_record("daemon.stop", doors_safe=len(result) - len(failed), failed=failed)
+        await self.server.stop_serving()  # (bounded: a client that stopped reading is dropped)
         # close the drivers first: a board loop then ends by itself even if a cancel is lost
         # inside a library's wait_for (Python 3.11 can swallow one that races a result)
         for board in self.boards.values():
@@ -318,12 +334,12 @@ class Daemon:
                 await bus.close()
         for task in self._tasks:
             task.cancel()
-        _, pending = await asyncio.wait(self._tasks, timeout=1.0)
+        _, pending = await asyncio.wait(self._tasks, timeout=min(1.0, self._remaining_s() / 3))
         for task in pending:  # a second cancel for anything that swallowed the first
             task.cancel()
 
     async def _close(self) -> None:
-        await self.server.close()
+        await self.server.stop_serving()
         if self.management is not None:
             self.management.close()  # unfinished uploads hold card numbers and PINs in clear
         if self.access is not None:
@@ -342,7 +358,9 @@ class Daemon:
         if self.doors is not None:
             self.doors.settle()  # a last batch's records, if its turn never came
         if self.journal is not None:
-            await self.journal.close(timeout_s=self.settings.controller.shutdown_timeout_s)
+            # what is left of the budget, less the journal's grace for a write under way
+            await self.journal.close(timeout_s=max(0.1, self._remaining_s() - JOURNAL_GRACE_S))
+        await self.server.close()  # the socket and its lock go last
         self.notifier.close()
 
     # -- control API -----------------------------------------------------------------------

@@ -81,7 +81,8 @@ SCHEMA_VERSION: Final = 1
 _DB_FILE_MODE: Final = 0o640
 _DIR_MODE: Final = 0o750
 _MAX_DATA_DEPTH: Final = 32
-_CLOSE_GRACE_S: Final = 1.0
+CLOSE_GRACE_S: Final = 1.0
+"""How long ``close`` lets a write already under way finish after its drain timed out."""
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -670,6 +671,11 @@ class JournalWriter:
         self._accepting = True  # record() still queues (until close() has drained)
         self._closed = asyncio.Event()
 
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` has finished (drained, or given up and logged the rest)."""
+        return self._closed.is_set()
+
     # -- producers ----------------------------------------------------------------------------
 
     def record(
@@ -814,7 +820,7 @@ class JournalWriter:
             except TimeoutError:
                 self._accepting = False
                 if self._inflight is not None:  # let a write already under way finish
-                    await asyncio.wait([self._inflight], timeout=_CLOSE_GRACE_S)
+                    await asyncio.wait([self._inflight], timeout=CLOSE_GRACE_S)
                 for r in self._pending:
                     log.error(
                         "journal.event_not_recorded",

@@ -127,9 +127,10 @@ class ControllerSettings(_Model):
     shutdown_timeout_s: float = Field(
         default=4.0,
         gt=0,
-        le=60,
+        le=8,
         strict=True,
-        description="Seconds allowed to put doors in their safe state and stop.",
+        description="Seconds allowed for the whole shutdown: doors to their safe state, then "
+        "stop (at most 8: below systemd's TimeoutStopSec=10, after which it kills).",
     )
 
 
@@ -840,6 +841,16 @@ def _cross_check(
     for i, b in boards:
         if isinstance(b, RtuBoardSettings):
             first = rtu_lines.setdefault(b.device, b)
+            if first.timeout_ms != b.timeout_ms:
+                # one line, one transaction at a time: the line has a single reply timeout
+                problems.append(
+                    Problem(
+                        f"boards[{i}].timeout_ms",
+                        f"must equal timeout_ms of board {first.name!r} on the same line "
+                        f"{b.device} ({first.timeout_ms}) (got {b.timeout_ms})",
+                        file,
+                    )
+                )
             if (first.baudrate, first.parity, first.stop_bits, first.byte_size) != (
                 b.baudrate,
                 b.parity,
@@ -1051,6 +1062,7 @@ def _cross_check_access(settings: Settings, file: str) -> list[Problem]:
                 )
             )
     problems += _dupes(settings.lockdown.inputs, "lockdown.inputs", "lockdown input", file)
+    lockdown_inputs: dict[tuple[str, int], str] = {}
     for i, li in enumerate(settings.lockdown.inputs):
         where = f"lockdown.inputs[{i}]"
         b = boards.get(li.board)
@@ -1066,6 +1078,14 @@ def _cross_check_access(settings: Settings, file: str) -> list[Problem]:
             )
         if (li.board, li.input) in board_inputs:
             problems.append(Problem(f"{where}.input", "input is already used by a door", file))
+        other = lockdown_inputs.setdefault((li.board, li.input), li.name)
+        if other != li.name:
+            # one input, one meaning: a second listener would silently replace the first
+            problems.append(
+                Problem(
+                    f"{where}.input", f"input is already used by lockdown input {other!r}", file
+                )
+            )
         if li.zone is not None and li.zone not in zones:
             problems.append(Problem(f"{where}.zone", f"no door is in zone {li.zone!r}", file))
         if li.zone is not None and li.kind == "fire":
@@ -1113,6 +1133,27 @@ def _cross_check_access(settings: Settings, file: str) -> list[Problem]:
     return problems
 
 
+def _cross_check_files(settings: Settings, file: str) -> list[Problem]:
+    """The files the daemon writes must all differ: the control socket replaces what is at
+    its path, its lock file is truncated, and two stores in one file corrupt each other."""
+    socket = settings.controller.socket
+    files = [
+        ("controller.socket", socket),
+        ("controller.socket (its lock file)", socket.with_name(socket.name + ".lock")),
+        ("controller.journal", settings.controller.journal),
+        ("access.credentials_db", settings.credentials_db),
+        ("access.secret_file", settings.secret_file),
+        ("lockdown.state_file", settings.lockdown_state_file),
+    ]
+    problems: list[Problem] = []
+    seen: dict[Path, str] = {}
+    for key, path in files:
+        first = seen.setdefault(path, key)
+        if first != key and not (key == "controller.journal" and first == "controller.socket"):
+            problems.append(Problem(key, f"must differ from {first} ({path})", file))
+    return problems
+
+
 def parse_settings(document: Mapping[str, Any], file: str = "<config>") -> Settings:
     """Validate an already-parsed document; raise ConfigError listing every problem."""
     if not isinstance(document, Mapping):
@@ -1154,6 +1195,7 @@ def parse_settings(document: Mapping[str, Any], file: str = "<config>") -> Setti
         settings.controller, list(enumerate(settings.boards)), list(enumerate(settings.doors)), file
     )
     problems += _cross_check_access(settings, file)
+    problems += _cross_check_files(settings, file)
     if problems:
         problems.sort(key=_order)
         raise ConfigError(problems)

@@ -14,6 +14,7 @@ import fcntl
 import os
 import pwd
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -49,6 +50,9 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
 
 Dispatcher = Callable[[Request, Reply], Awaitable[None]]
 
+CLIENT_CLOSE_S = 0.5
+"""At shutdown, how long a client connection may take to close before it is dropped."""
+
 
 class ControlServer:
     """Serve control requests on ``path`` through ``dispatch``."""
@@ -59,13 +63,23 @@ class ControlServer:
         self._mode = mode
         self._server: asyncio.Server | None = None
         self._lock_fd: int | None = None
+        self._bound = False
         self._clients: set[asyncio.Task[None]] = set()
 
     def claim(self) -> None:
-        """Take the lock file; raise AlreadyRunningError if another daemon holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        """Take the lock file; raise AlreadyRunningError if another daemon holds it.
+
+        WardingError (naming the path) if the socket's directory or lock file cannot be made.
+        """
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        except OSError as exc:
+            raise WardingError(
+                f"controller.socket: cannot use {self.path} (lock file {lock_path}): "
+                f"{exc.strerror or exc}"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -78,15 +92,37 @@ class ControlServer:
         os.write(fd, f"{os.getpid()}\n".encode())
 
     async def start(self) -> None:
-        """Bind and listen (claims the lock first if needed)."""
+        """Bind and listen (claims the lock first if needed).
+
+        A stale socket at the path is replaced; anything else there (a file, a directory) is
+        left alone and reported as a WardingError: the socket path must never cost a file.
+        """
         if self._lock_fd is None:
             self.claim()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # stale: we hold the lock, so nobody serves it
-        self._server = await asyncio.start_unix_server(
-            self._client, path=str(self.path), limit=MAX_LINE + 1
-        )
-        os.chmod(self.path, self._mode)
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise WardingError(
+                f"controller.socket: cannot use {self.path}: {exc.strerror}"
+            ) from None
+        else:
+            if not stat.S_ISSOCK(mode):
+                raise WardingError(
+                    f"controller.socket: {self.path} exists and is not a socket; "
+                    "refusing to replace it"
+                )
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # stale: we hold the lock, so nobody serves it
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._client, path=str(self.path), limit=MAX_LINE + 1
+            )
+            self._bound = True
+            os.chmod(self.path, self._mode)
+        except OSError as exc:
+            raise WardingError(f"controller.socket: cannot listen on {self.path}: {exc}") from None
 
     async def serve(self) -> None:
         """Serve until cancelled."""
@@ -95,18 +131,30 @@ class ControlServer:
         assert self._server is not None
         await self._server.serve_forever()
 
-    async def close(self) -> None:
-        """Stop serving, drop clients, remove the socket and release the lock; idempotent."""
+    async def stop_serving(self) -> None:
+        """Stop accepting and drop every client, within CLIENT_CLOSE_S; idempotent.
+
+        The socket file and the lock stay (``close``): until the doors are safe and the
+        journal closed, no second daemon may take over the relays.
+        """
         server, self._server = self._server, None
         if server is not None:
             server.close()
-        for task in list(self._clients):
+        clients = list(self._clients)
+        for task in clients:
             task.cancel()
-        if self._clients:
-            await asyncio.gather(*self._clients, return_exceptions=True)
+        if clients:
+            # a client that never reads its replies must not hold up the doors' safe state
+            await asyncio.wait(clients, timeout=CLIENT_CLOSE_S)
         if server is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+                await asyncio.wait_for(server.wait_closed(), CLIENT_CLOSE_S)
+
+    async def close(self) -> None:
+        """Stop serving, remove the socket and release the lock; idempotent."""
+        await self.stop_serving()
+        if self._bound:
+            self._bound = False
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         if self._lock_fd is not None:
@@ -148,12 +196,23 @@ class ControlServer:
                     await reply(error(str(exc), req.id))
                 except WardingError as exc:
                     await reply(error(str(exc), req.id))
-        except (ConnectionError, asyncio.CancelledError):
+        except ConnectionError:
             pass
+        except asyncio.CancelledError:
+            # shutting down: drop the connection at once, unsent replies and all (a client
+            # that stopped reading would otherwise keep it open for ever)
+            writer.transport.abort()
         except Exception:  # a bug must not take the daemon down with one client
             log.exception("control client handler failed")
         finally:
             self._clients.discard(task)
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            closed = False
+            try:
+                await asyncio.wait_for(writer.wait_closed(), CLIENT_CLOSE_S)
+                closed = True
+            except (TimeoutError, OSError):
+                pass  # not closed in time, or the peer reset it: aborted below
+            finally:
+                if not closed:
+                    writer.transport.abort()

@@ -479,14 +479,23 @@ class DoorService:
         """De-energise every door relay (each lock's power-loss state); wait for readback.
 
         Doors in ``keep_locked`` (held by a lockdown) are left locked instead, so a restart
-        never releases a fail-safe door that a lockdown holds.
+        never releases a fail-safe door that a lockdown holds. A door released for life
+        safety (fire, evacuation) stays released whatever else holds it: a stop or restart
+        during a fire must not lock the way out.
         """
         self.settle()
         self._frozen = True
         futures: dict[str, asyncio.Future[WriteOutcome]] = {}
+        released: set[str] = set()
         for door in self._doors.values():
             board = self._boards[door.board]
-            value = door.spec.relay_for(False) if door.name in keep_locked else False
+            if door.state.released:
+                released.add(door.name)
+                value = door.spec.relay_for(True)
+            elif door.name in keep_locked:
+                value = door.spec.relay_for(False)
+            else:
+                value = False
             door.commanded = value
             futures[door.name] = board.command({door.coil: value})
         done: dict[str, bool] = {}
@@ -498,7 +507,13 @@ class DoorService:
         for name, fut in futures.items():
             ok = fut.done() and not fut.cancelled() and fut.result().ok
             done[name] = ok
-            self._record("door.safe", door=name, confirmed=ok, held_locked=name in keep_locked)
+            self._record(
+                "door.safe",
+                door=name,
+                confirmed=ok,
+                held_locked=name in keep_locked and name not in released,
+                released=name in released,
+            )
         return done
 
     def assert_all(self) -> list[asyncio.Future[WriteOutcome]]:

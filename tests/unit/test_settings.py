@@ -367,7 +367,13 @@ GOLDEN: list[tuple[str, Mutation, str, str]] = [
     ),
     (
         "rtu-line-mismatch",
-        add_board(name="annex2", transport="rtu", device="/tmp/warding-demo/annex.tty", unit_id=8),
+        add_board(
+            name="annex2",
+            transport="rtu",
+            device="/tmp/warding-demo/annex.tty",
+            unit_id=8,
+            timeout_ms=300,
+        ),
         "boards[2]",
         "serial settings differ from board 'annex' on /tmp/warding-demo/annex.tty",
     ),
@@ -824,6 +830,55 @@ GOLDEN: list[tuple[str, Mutation, str, str]] = [
         ),
         "readers[3].name",
         "duplicate reader name 'server-room-in'",
+    ),
+    (
+        "lockdown-input-used-twice",
+        setp(
+            "lockdown",
+            "inputs",
+            1,
+            value={"name": "fire-2", "kind": "fire", "board": "main", "input": 12},
+        ),
+        "lockdown.inputs[1].input",
+        "input is already used by lockdown input 'panic-reception'",
+    ),
+    (
+        "socket-is-the-credentials-db",
+        setp("controller", "socket", value="/tmp/warding-demo/credentials.db"),
+        "access.credentials_db",
+        "must differ from controller.socket (/tmp/warding-demo/credentials.db)",
+    ),
+    (
+        "journal-is-the-socket-lock",
+        setp("controller", "journal", value="/tmp/warding-demo/control.sock.lock"),
+        "controller.journal",
+        "must differ from controller.socket (its lock file) (/tmp/warding-demo/control.sock.lock)",
+    ),
+    (
+        "state-file-is-the-journal",
+        setp("lockdown", "state_file", value="/tmp/warding-demo/journal.db"),
+        "lockdown.state_file",
+        "must differ from controller.journal (/tmp/warding-demo/journal.db)",
+    ),
+    (
+        "shutdown-beyond-systemd-stop-timeout",
+        setp("controller", "shutdown_timeout_s", value=9.0),
+        "controller.shutdown_timeout_s",
+        "expected a value <= 8 (got 9.0)",
+    ),
+    (
+        "rtu-line-with-two-timeouts",
+        add_board(
+            name="annex-2",
+            transport="rtu",
+            device="/tmp/warding-demo/annex.tty",
+            unit_id=9,
+            baudrate=38400,
+            timeout_ms=500,
+        ),
+        "boards[2].timeout_ms",
+        "must equal timeout_ms of board 'annex' on the same line /tmp/warding-demo/annex.tty "
+        "(300) (got 500)",
     ),
     (
         "osdp-address-too-big",
@@ -1853,7 +1908,8 @@ def access_sections(draw: st.DrawFn, doors: list[str], door_zones: list[str]) ->
 
     access: Doc = {}
     maybe(access, "timezone", st.sampled_from(["UTC", "Europe/Berlin", "Asia/Kolkata"]))
-    maybe(access, "credentials_db", st.from_regex(r"/var/[a-z0-9_./-]{1,30}", fullmatch=True))
+    # (under /srv: never one of the files beside the journal, which must all differ)
+    maybe(access, "credentials_db", st.from_regex(r"/srv/[a-z0-9_-]{1,30}\.db", fullmatch=True))
     maybe(access, "pin_timeout_s", st.floats(min_value=0, max_value=120, exclude_min=True))
     maybe(access, "throttle_denials", st.integers(1, 1000))
     maybe(access, "duress", st.sampled_from(["off", "last-digit-plus-one"]))

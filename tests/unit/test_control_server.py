@@ -1,0 +1,86 @@
+"""ControlServer on a real Unix socket: ownership of the path, and a shutdown no client holds up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from controller.api.protocol import Request
+from controller.api.server import ControlServer, Reply
+from controller.errors import AlreadyRunningError, WardingError
+
+
+async def _status(req: Request, reply: Reply) -> None:
+    await reply({"ok": True, "id": req.id, "padding": "x" * 4096})
+
+
+async def test_a_client_that_never_reads_does_not_hold_up_the_stop(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, _status)
+    await server.start()
+    serving = asyncio.create_task(server.serve())
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(str(path))
+    client.setblocking(False)
+    try:
+        # ask and ask, never read: the daemon's replies fill both socket buffers
+        for _ in range(200):
+            with contextlib.suppress(BlockingIOError):
+                client.send(b'{"cmd":"status"}\n' * 50)
+            await asyncio.sleep(0.002)
+        await asyncio.wait_for(server.stop_serving(), 5)
+        # the lock is still ours after stop_serving: no second daemon while doors are made safe
+        with pytest.raises(AlreadyRunningError):
+            ControlServer(path, _status).claim()
+        assert path.exists()
+        await asyncio.wait_for(server.close(), 5)
+        assert not path.exists()
+        second = ControlServer(path, _status)
+        second.claim()  # released by close()
+        await second.close()
+    finally:
+        client.close()
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+
+
+async def test_a_file_at_the_socket_path_is_never_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.db"
+    path.write_text("precious")
+    server = ControlServer(path, _status)
+    with pytest.raises(WardingError, match=r"controller\.socket: .* is not a socket"):
+        await server.start()
+    await server.close()
+    assert path.read_text() == "precious"
+
+
+async def test_a_socket_path_under_a_file_is_an_error_not_a_traceback(tmp_path: Path) -> None:
+    blocker = tmp_path / "site.toml"
+    blocker.write_text("[controller]\n")
+    server = ControlServer(blocker / "control.sock", _status)
+    with pytest.raises(WardingError, match=r"controller\.socket: cannot use"):
+        server.claim()
+    assert blocker.read_text() == "[controller]\n"
+
+
+async def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays: a crashed daemon's socket
+    server = ControlServer(path, _status)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b'{"cmd":"status","id":7}\n')
+        line = await asyncio.wait_for(reader.readline(), 5)
+        assert json.loads(line)["id"] == 7
+        writer.close()
+    finally:
+        await server.close()
