@@ -20,10 +20,13 @@ Invariants (tests/unit/test_lockdown_machine.py checks them on random event sequ
 1. Only an all-clear by two *distinct authorised* persons within ``all_clear_window_s`` ends a
    lockdown (or auto-revert, off by default, when the site plan enables it); one person, an
    unauthorised person, or the same person twice never does.
-2. A new trigger during ALL_CLEAR_PENDING cancels the pending all-clear.
+2. A new trigger during ALL_CLEAR_PENDING cancels the pending all-clear. Auto-revert counts
+   from the latest trigger or expired all-clear window (``ScopeState.quiet_since``), never
+   from the first trigger alone.
 3. The fire flag is set by any fire alarm in any state and cleared only by a manual reset while
-   no fire input is active; it does not change any scope (lockdown persists under fire), but
-   the door layer gives fire release precedence over lockdown for fail-safe egress doors.
+   no fire input is active and every fire input can be read; it does not change any scope
+   (lockdown persists under fire), but the door layer gives fire release precedence over
+   lockdown for fail-safe egress doors.
 4. Every change of any scope's mode, of the threat level and of the fire flag is recorded.
 5. The state is plain data (``SiteState.to_json``) so that a restart re-enters it exactly.
 """
@@ -111,6 +114,7 @@ def _start(
             first_clear=None,
             clear_deadline=None,
             drill=st.drill and ev.drill,
+            renewed_at=ev.now,  # a fresh trigger restarts the auto-revert time
         )
         effects.append(Record("lockdown.trigger", _trigger_data(new, ev, again=True)))
         if st.mode is Mode.ALL_CLEAR_PENDING:
@@ -235,7 +239,13 @@ def _second_clear(
         return state, eff
     if st.clear_deadline is not None and ev.now > st.clear_deadline:
         # the window ran out before a Tick noticed: this person starts a new window
-        expired = replace(st, mode=Mode.LOCKDOWN, first_clear=None, clear_deadline=None)
+        expired = replace(
+            st,
+            mode=Mode.LOCKDOWN,
+            first_clear=None,
+            clear_deadline=None,
+            renewed_at=ev.now,
+        )
         state, eff = _enter(state, ev.scope, st, expired, reason="all-clear window expired")
         state, more = _first_clear(state, expired, ev, window)
         return state, [*eff, *more]
@@ -261,6 +271,9 @@ def _end_evacuation(
     state: SiteState, st: ScopeState, ev: EndEvacuation, window: float
 ) -> tuple[SiteState, list[Effect]]:
     del window
+    if not ev.authorised:
+        _, eff = _refuse(ev, ev.scope, st, f"{ev.person} may not end the evacuation")
+        return state, eff
     end = Record(
         "lockdown.end",
         _data(
@@ -357,6 +370,14 @@ def step(
                     Record("fire.reset", {"who": event.who, "refused": reason}),
                     Refused(reason),
                 ]
+            if event.inputs_unknown:
+                # an input we cannot read may be active: never reset the latch on a guess
+                names = ", ".join(event.inputs_unknown)
+                reason = f"fire input {names} cannot be read (board offline or not read yet)"
+                return state, [
+                    Record("fire.reset", {"who": event.who, "refused": reason}),
+                    Refused(reason),
+                ]
             state = replace(state, fire=False)
             return state, [Record("fire.reset", {"who": event.who}), ApplyDoors()]
         case SetThreatLevel():
@@ -385,13 +406,20 @@ def _tick(state: SiteState, event: Tick) -> tuple[SiteState, list[Effect]]:
             and st.clear_deadline is not None
             and event.now > st.clear_deadline
         ):
-            back = replace(st, mode=Mode.LOCKDOWN, first_clear=None, clear_deadline=None)
+            # back to lockdown; the auto-revert time starts again from the expiry
+            back = replace(
+                st,
+                mode=Mode.LOCKDOWN,
+                first_clear=None,
+                clear_deadline=None,
+                renewed_at=event.now,
+            )
             state, more = _enter(state, name, st, back, reason="all-clear window expired")
             effects += more
         elif (
             st.mode is Mode.LOCKDOWN
             and event.auto_revert_s > 0
-            and event.now - st.since >= event.auto_revert_s
+            and event.now - st.quiet_since >= event.auto_revert_s
         ):
             end = Record(
                 "lockdown.end",
@@ -406,12 +434,11 @@ def _tick(state: SiteState, event: Tick) -> tuple[SiteState, list[Effect]]:
 
 def _unknown(state: SiteState, event: object, st: ScopeState) -> tuple[SiteState, list[Effect]]:
     scope = getattr(event, "scope", SITE)
+    now = getattr(event, "now", 0.0)
     safe = (
-        replace(st, mode=Mode.LOCKDOWN)
+        replace(st, mode=Mode.LOCKDOWN, renewed_at=now)
         if st.incident is not None
-        else ScopeState(
-            mode=Mode.LOCKDOWN, incident=state.next_incident, since=getattr(event, "now", 0.0)
-        )
+        else ScopeState(mode=Mode.LOCKDOWN, incident=state.next_incident, since=now)
     )
     if st.incident is None:
         state = replace(state, next_incident=state.next_incident + 1)
@@ -419,7 +446,13 @@ def _unknown(state: SiteState, event: object, st: ScopeState) -> tuple[SiteState
     return state, [
         Record(
             "lockdown.unknown",
-            {"scope": scope, "mode": st.mode.value, "event": type(event).__name__},
+            {
+                "scope": scope,
+                "mode": st.mode.value,
+                "event": type(event).__name__,
+                "incident": safe.incident,
+                "drill": safe.drill,
+            },
         ),
         ApplyDoors(),
     ]

@@ -42,6 +42,14 @@ class ScopeState:
     since: float = 0.0  # wall-clock epoch seconds when the mode was entered
     first_clear: str | None = None  # the first all-clear person, while ALL_CLEAR_PENDING
     clear_deadline: float | None = None
+    # when the lockdown was last renewed: its start, its latest trigger, its latest expired
+    # all-clear window (None = ``since``); auto-revert counts from here, not from ``since``
+    renewed_at: float | None = None
+
+    @property
+    def quiet_since(self) -> float:
+        """Since when nothing has renewed this scope's lockdown (auto-revert counts from it)."""
+        return self.since if self.renewed_at is None else self.renewed_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,7 @@ class SiteState:
                     "since": st.since,
                     "first_clear": st.first_clear,
                     "clear_deadline": st.clear_deadline,
+                    "renewed_at": st.renewed_at,
                     "trigger": None
                     if st.trigger is None
                     else {
@@ -135,6 +144,9 @@ class SiteState:
                         clear_deadline=None
                         if raw.get("clear_deadline") is None
                         else float(raw["clear_deadline"]),
+                        renewed_at=None
+                        if raw.get("renewed_at") is None
+                        else float(raw["renewed_at"]),
                     ),
                 )
             )
@@ -198,11 +210,12 @@ class AllClear:
 
 @dataclass(frozen=True, slots=True)
 class EndEvacuation:
-    """An authorised person ends an evacuation of ``scope``."""
+    """A person ends an evacuation of ``scope``; ``authorised`` = holds the all-clear privilege."""
 
     scope: str
     person: str
     now: float
+    authorised: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,11 +228,12 @@ class FireAlarm:
 
 @dataclass(frozen=True, slots=True)
 class FireReset:
-    """A manual fire reset; refused while any fire input is still active."""
+    """A manual fire reset; refused while any fire input is still active or unknown."""
 
     who: str
     inputs_active: bool
     now: float
+    inputs_unknown: tuple[str, ...] = ()  # fire inputs never read, or whose board is not up
 
 
 @dataclass(frozen=True, slots=True)

@@ -510,6 +510,28 @@ def test_fire_reset() -> None:
     assert records(effects) == [{"who": "olga"}]
 
 
+def test_fire_reset_refused_while_a_fire_input_cannot_be_read() -> None:
+    burning, _ = run(SiteState(), FireAlarm("stair-2", 1.0))
+    state, effects = run(burning, FireReset("olga", False, 2.0, inputs_unknown=("fire-panel",)))
+    assert state == burning  # still latched: the doors stay released
+    assert kinds(effects) == ["fire.reset", "refused"]
+    (refused,) = [e.reason for e in effects if isinstance(e, Refused)]
+    assert "fire-panel" in refused
+    assert records(effects)[0]["refused"] == refused
+    state, _ = run(burning, FireReset("olga", False, 3.0, inputs_unknown=()))
+    assert not state.fire
+
+
+def test_unauthorised_end_of_evacuation_is_refused_and_journaled() -> None:
+    state, _ = run(SiteState(), StartEvacuation("north", OPERATOR, 1.0))
+    after, effects = run(state, EndEvacuation("north", "#9 cy", 2.0, authorised=False))
+    assert after == state
+    assert kinds(effects) == ["lockdown.refused", "refused"]
+    refused = records(effects, "lockdown.refused")[0]
+    assert (refused["event"], refused["incident"]) == ("EndEvacuation", 1)
+    assert refused["reason"] == "#9 cy may not end the evacuation"
+
+
 def test_fire_does_not_touch_scopes() -> None:
     state = in_mode(Mode.ALL_CLEAR_PENDING, "north")
     after, _ = run(state, FireAlarm("x", 30.0), FireReset("olga", False, 31.0))
@@ -627,10 +649,75 @@ def test_tick_handles_every_scope() -> None:
     )
     state, effects = run(state, Tick(500.0, auto_revert_s=300.0))
     assert state.scope("north").mode is Mode.NORMAL  # auto-reverted
-    assert state.scope("south").mode is Mode.LOCKDOWN  # window expired; reverts next tick
+    assert state.scope("south").mode is Mode.LOCKDOWN  # window expired
     assert sorted(r["scope"] for r in records(effects, "lockdown.state")) == ["north", "south"]
-    state, _ = run(state, Tick(501.0, auto_revert_s=300.0))
+    # the expiry renewed the lockdown: auto-revert counts again from it, not from the trigger
+    state, _ = run(state, Tick(799.0, auto_revert_s=300.0))
+    assert state.scope("south").mode is Mode.LOCKDOWN
+    state, _ = run(state, Tick(800.0, auto_revert_s=300.0))
     assert state.scope("south").mode is Mode.NORMAL
+
+
+def test_auto_revert_counts_from_the_latest_trigger() -> None:
+    state, _ = run(SiteState(), StartLockdown(SITE, PANIC, 0.0))
+    state, effects = run(state, StartLockdown(SITE, OPERATOR, 299.0))  # a fresh trigger
+    assert state.scope(SITE).since == 0.0  # the incident still began at the first one
+    state, effects = run(state, Tick(300.0, auto_revert_s=300.0))
+    assert state.scope(SITE).mode is Mode.LOCKDOWN
+    assert effects == []
+    state, effects = run(state, Tick(598.9, auto_revert_s=300.0))
+    assert state.scope(SITE).mode is Mode.LOCKDOWN
+    state, effects = run(state, Tick(599.0, auto_revert_s=300.0))
+    assert state.scope(SITE).mode is Mode.NORMAL
+    (end,) = records(effects, "lockdown.end")
+    assert (end["how"], end["duration_s"]) == ("auto-revert", 599.0)
+
+
+def test_auto_revert_counts_from_an_expired_all_clear_window() -> None:
+    state, _ = run(
+        SiteState(),
+        StartLockdown(SITE, PANIC, 0.0),
+        AllClear(SITE, "ann", True, "card", 250.0),  # pending: never auto-reverted
+    )
+    state, _ = run(state, Tick(250.0 + WINDOW + 1.0, auto_revert_s=300.0))  # window expired
+    expired_at = 250.0 + WINDOW + 1.0
+    assert state.scope(SITE).mode is Mode.LOCKDOWN
+    state, effects = run(state, Tick(expired_at + 1.0, auto_revert_s=300.0))
+    assert state.scope(SITE).mode is Mode.LOCKDOWN  # not at once, with its old ``since``
+    assert effects == []
+    state, _ = run(state, Tick(expired_at + 299.9, auto_revert_s=300.0))
+    assert state.scope(SITE).mode is Mode.LOCKDOWN
+    state, _ = run(state, Tick(expired_at + 300.0, auto_revert_s=300.0))
+    assert state.scope(SITE).mode is Mode.NORMAL
+
+
+def test_a_late_second_all_clear_renews_the_lockdown() -> None:
+    state, _ = run(
+        SiteState(),
+        StartLockdown(SITE, PANIC, 0.0),
+        AllClear(SITE, "ann", True, "card", 10.0),
+        AllClear(SITE, "bob", True, "card", 10.0 + WINDOW + 5.0),  # too late: a new first
+    )
+    sc = state.scope(SITE)
+    assert (sc.mode, sc.first_clear, sc.renewed_at) == (
+        Mode.ALL_CLEAR_PENDING,
+        "bob",
+        10.0 + WINDOW + 5.0,
+    )
+
+
+def test_renewed_at_is_persisted_and_an_old_file_counts_from_since() -> None:
+    state, _ = run(
+        SiteState(), StartLockdown(SITE, PANIC, 5.0), StartLockdown(SITE, OPERATOR, 50.0)
+    )
+    doc = state.to_json()
+    assert doc["scopes"]["site"]["renewed_at"] == 50.0
+    assert SiteState.from_json(json.loads(json.dumps(doc))) == state
+    del doc["scopes"]["site"]["renewed_at"]  # a state file written before renewed_at existed
+    old = SiteState.from_json(doc)
+    assert old.scope(SITE).quiet_since == 5.0
+    after, _ = run(old, Tick(305.0, auto_revert_s=300.0))
+    assert after.scope(SITE).mode is Mode.NORMAL
 
 
 # --------------------------------------------------------------------------- holes in the table
@@ -648,7 +735,16 @@ def test_missing_pair_goes_to_lockdown(
     assert sc.mode is Mode.LOCKDOWN
     assert after.held("north")
     assert kinds(effects) == ["lockdown.unknown", "apply"]
-    assert records(effects) == [{"scope": "north", "mode": mode.value, "event": kind.__name__}]
+    # the record names the incident the scope is now in, so its number is never reused
+    assert records(effects) == [
+        {
+            "scope": "north",
+            "mode": mode.value,
+            "event": kind.__name__,
+            "incident": sc.incident,
+            "drill": sc.drill,
+        }
+    ]
     if mode is Mode.NORMAL:
         assert sc.incident == before.next_incident
         assert after.next_incident == before.next_incident + 1
@@ -726,11 +822,12 @@ def steps(draw: st.DrawFn) -> Step:
         via = "card" if flag else "operator"
         return _step(dt, lambda t: AllClear(scope, person, person in AUTHORISED, via, t))
     if kind == 4:
-        return _step(dt, lambda t: EndEvacuation(scope, person, t))
+        return _step(dt, lambda t: EndEvacuation(scope, person, t, person in AUTHORISED))
     if kind == 5:
         return _step(dt, lambda t: FireAlarm(scope, t))
     if kind == 6:
-        return _step(dt, lambda t: FireReset(person, flag, t))
+        unknown = draw(st.sampled_from([(), (), ("fire-2",)]))
+        return _step(dt, lambda t: FireReset(person, flag, t, inputs_unknown=unknown))
     if kind == 7:
         return _step(dt, lambda t: SetThreatLevel(0 if level is None else level, person, t))
     return _step(dt, lambda t: Tick(t, auto))
@@ -758,6 +855,8 @@ def test_invariants_on_random_sequences(sequence: list[Step]) -> None:
     state, now = SiteState(), 1_700_000_000.0
     # per scope: the authorised all-clear persons (person, time) since the scope was last triggered
     clears: dict[str, list[tuple[str, float]]] = {}
+    # per scope: its latest trigger or expired all-clear window (auto-revert counts from it)
+    renewed: dict[str, float] = {}
     for s in sequence:
         now += s.dt
         event = s.make(now)
@@ -776,7 +875,7 @@ def test_invariants_on_random_sequences(sequence: list[Step]) -> None:
             if was in HELD and now_mode not in HELD:
                 if isinstance(event, Tick):
                     assert event.auto_revert_s > 0
-                    assert event.now - before.scope(name).since >= event.auto_revert_s
+                    assert event.now - renewed[name] >= event.auto_revert_s
                 else:
                     assert isinstance(event, AllClear)
                     assert event.authorised
@@ -797,12 +896,25 @@ def test_invariants_on_random_sequences(sequence: list[Step]) -> None:
             clears[event.scope] = []
         if isinstance(event, AllClear) and event.authorised:
             clears.setdefault(event.scope, []).append((event.person, event.now))
+        for name in ZONES:
+            was, mode = before.scope(name).mode, state.scope(name).mode
+            if mode is Mode.LOCKDOWN and (
+                was is not Mode.LOCKDOWN
+                or (isinstance(event, StartLockdown) and event.scope == name)
+            ):
+                renewed[name] = event.now
+            # an evacuation ends only by an authorised person, or a lockdown superseding it
+            if was is Mode.EVACUATION and mode is not Mode.EVACUATION:
+                assert isinstance(event, StartLockdown) or (
+                    isinstance(event, EndEvacuation) and event.authorised
+                )
         # invariant 3: fire is set by any alarm and cleared only by a reset with no input active
         if isinstance(event, FireAlarm):
             assert state.fire
         if before.fire and not state.fire:
             assert isinstance(event, FireReset)
             assert not event.inputs_active
+            assert not event.inputs_unknown  # an input we cannot read may be active
         if isinstance(event, FireAlarm | FireReset):
             assert state.scopes == before.scopes
         # invariant 4: every change is recorded (and the doors re-derived)
@@ -872,6 +984,7 @@ def test_json_round_trip_example() -> None:
         "since": 1.5,
         "first_clear": "ann",
         "clear_deadline": 3.25 + WINDOW,
+        "renewed_at": None,
         "trigger": {
             "source": "panic",
             "who": "panic-1",
