@@ -44,11 +44,16 @@ class InputsRead:
 
 @dataclass(frozen=True, slots=True)
 class CoilsRead:
-    """A readback of a board's coils; ``mismatched`` are commanded coils that disagree."""
+    """A readback of a board's coils; ``mismatched`` are commanded coils that disagree.
+
+    ``pending``: coils with a newer command queued; their values here predate it and say
+    nothing about it (the command's own readback will).
+    """
 
     device: str
     values: tuple[bool, ...]
     mismatched: frozenset[int] = frozenset()
+    pending: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -278,9 +278,13 @@ class DoorService:
                         self._apply(door, RexChanged(active, now))
                     else:
                         self._apply(door, TamperChanged(active, now))
-            case CoilsRead(device=board, values=values, mismatched=mismatched):
+            case CoilsRead(device=board, values=values, mismatched=mismatched, pending=pending):
                 readback_at = self._readback_at
                 for coil, door in self._coils_of.get(board, ()):
+                    if coil in pending:
+                        # read before the command queued for it: the command's own readback
+                        # answers (a poll must not, say, end a relay-fault probe)
+                        continue
                     if coil < len(values):
                         energised, bad = values[coil], coil in mismatched
                         s = door.state

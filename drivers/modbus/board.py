@@ -332,13 +332,34 @@ class ModbusRelayBoard:
                 return
         self._mismatched = mismatched
         self._reported = coils
-        self._sink(CoilsRead(self.name, coils, mismatched))
+        self._sink(CoilsRead(self.name, coils, mismatched, frozenset(self._pending)))
+
+    def _must_reset(self, exc: DeviceError) -> bool:
+        """Whether losing this board calls for reopening its link.
+
+        A TCP link is this board's alone. An RTU line may carry other units: one silent unit
+        must not take the line from its healthy neighbours, so a timeout reopens the port
+        only when no unit on it has answered for a while (a wedged adapter, a cut line).
+        """
+        if isinstance(exc, DeviceConnectionError):
+            return True
+        if not isinstance(exc, DeviceTimeoutError):
+            return False
+        if self.config.endpoint.kind == "tcp":
+            return True
+        quiet_s = self.config.max_failures * self.config.timeout_s + self.config.poll_interval_s
+        return self._link.silent_for_s() > quiet_s
 
     async def _link_down(self, exc: DeviceError) -> None:
         self.last_error = str(exc)
-        if isinstance(exc, DeviceConnectionError | DeviceTimeoutError):
+        if self._must_reset(exc):
             self._link.reset()
         self._fail_waiters(str(exc))
+        # unknown until read again: the first read after reconnecting then reports every
+        # input, so a door that opened or closed while the link was away is seen (its
+        # contact went unknown with the link) and a held-open timer or a relock on close
+        # still works
+        self._inputs = None
         self.stats["reconnects"] += 1
         self._set_state(LinkState.BACKOFF, str(exc))
         delay = self._backoff.next_delay()

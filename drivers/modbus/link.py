@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import termios
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,6 +71,7 @@ class ModbusLink:
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._lock = asyncio.Lock()
         self._closed = False
+        self._answered_at = float("-inf")  # monotonic time of the last answered transaction
 
     @property
     def connected(self) -> bool:
@@ -125,6 +127,10 @@ class ModbusLink:
                 self._drop_client()
                 raise DeviceConnectionError(f"cannot connect to {self.endpoint.key()}")
 
+    def silent_for_s(self) -> float:
+        """Seconds since any unit on this link last answered (inf if none ever did)."""
+        return time.monotonic() - self._answered_at
+
     def _drop_client(self) -> None:
         client, self._client = self._client, None
         if client is not None:
@@ -160,6 +166,7 @@ class ModbusLink:
             raise DeviceConnectionError(f"unit {unit}: {exc}") from exc
         if response is None:
             raise DeviceTimeoutError(f"unit {unit}: no reply")
+        self._answered_at = time.monotonic()  # (an exception response is an answer too)
         if response.isError():
             code = int(getattr(response, "exception_code", 0) or 0)
             raise DeviceProtocolError(

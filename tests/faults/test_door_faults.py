@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -395,3 +396,105 @@ async def test_shutdown_keeps_to_one_budget_with_a_board_away_and_the_disk_stall
             stall.release()
         # the fail state, the tasks and the journal's drain share the budget; the spec: 5 s
         assert took < min(5.0, budget + 1.0)
+
+
+async def test_after_a_link_blip_every_contact_is_known_and_a_used_pulse_relocks(
+    tmp_path: Path,
+) -> None:
+    async with site(tmp_path) as s:
+        assert s.daemon.doors is not None
+        assert (await s.daemon.doors.command("tcp1-d0", "pulse", duration_s=30)).confirmed
+        assert s.sim.door("tcp1-d0").open()
+        await wait_for(lambda: s.door("tcp1-d0")["contact"] == "open")
+        board = s.sim.board("tcp1")
+        await board.set_offline(True)
+        await wait_for(lambda: s.door("tcp1-d0")["faults"] == ["link"])
+        assert s.door("tcp1-d0")["contact"] == "unknown"  # not read while the link is away
+        await board.set_offline(False)
+        await wait_for(lambda: s.door("tcp1-d0")["faults"] == [])
+        # read again after the blip: the open door is open, the closed one closed
+        await wait_for(lambda: s.door("tcp1-d0")["contact"] == "open")
+        await wait_for(lambda: s.door("tcp1-d1")["contact"] == "closed")
+        # the held-open timer runs again (held_open_s = 1 in the test site)
+        await wait_for(lambda: "held-open" in s.door("tcp1-d0")["alarms"])  # type: ignore[operator]
+        # and closing the door uses up the pulse: relocked, not released for 30 s
+        s.sim.door("tcp1-d0").close()
+        await wait_for(lambda: s.door("tcp1-d0")["contact"] == "closed")
+        await wait_for(lambda: s.sim.door("tcp1-d0").locked)
+        assert s.door("tcp1-d0")["intent"] == "locked"
+
+
+_SECOND_UNIT_ON_THE_LINE = """
+[[boards]]
+name = "rtu2"
+transport = "rtu"
+device = "{dev}"
+baudrate = 38400
+unit_id = 8
+coils = 8
+inputs = 16
+timeout_ms = 200
+poll_interval_ms = 20
+backoff_initial_ms = 20
+backoff_max_ms = 400
+
+[[doors]]
+name = "rtu2-d0"
+lock = "fail-secure"
+relay = {{ board = "rtu2", coil = 0 }}
+"""
+
+
+async def test_a_silent_unit_does_not_take_its_rtu_line_from_its_neighbour(
+    tmp_path: Path,
+) -> None:
+    extra = _SECOND_UNIT_ON_THE_LINE.format(dev=tmp_path / "rtu.tty")
+    async with site(tmp_path, extra_door=extra) as s:
+        await wait_for(lambda: s.door("rtu2-d0")["state"] == "locked")
+        links: list[str] = []
+        s.daemon.doors.add_listener(  # type: ignore[union-attr]
+            lambda kind, data: (
+                links.append(str(data.get("state")))
+                if kind == "board.link" and data.get("device") == "rtu1"
+                else None
+            )
+        )
+        await s.sim.board("rtu2").set_offline(True)  # unit 8 loses power
+        await wait_for(lambda: s.door("rtu2-d0")["faults"] == ["link"])
+        states = set()
+        for _ in range(40):  # rtu2 keeps timing out and retrying meanwhile
+            await asyncio.sleep(0.05)
+            states.add(s.door("rtu1-d0")["state"])
+        assert states == {"locked"}
+        assert links == []  # rtu1 never lost its link
+        assert s.daemon.doors is not None
+        result = await s.daemon.doors.command("rtu1-d0", "pulse", duration_s=1)
+        assert result.confirmed, result
+        await s.sim.board("rtu2").set_offline(False)
+        await wait_for(lambda: s.door("rtu2-d0")["faults"] == [])
+
+
+async def test_a_poll_never_ends_the_probe_of_a_welded_relay(tmp_path: Path) -> None:
+    async with site(tmp_path) as s:
+        assert s.daemon.doors is not None
+        door = s.daemon.doors._doors["tcp1-d0"]
+        door.spec = dataclasses.replace(door.spec, fault_retry_s=0.2)  # probe often
+        board = s.sim.board("tcp1")
+        board.stuck_coil(0, True)  # the fail-secure strike welded energised
+        await wait_for(lambda: s.door("tcp1-d0")["faults"] == ["relay"])
+        # a slowish board: polls are often on the wire when a probe's write is queued
+        board.delay_s = 0.03
+        seen = set()
+        for _ in range(150):  # ~3 s, ~10 probes
+            await asyncio.sleep(0.02)
+            seen.add(s.door("tcp1-d0")["state"])
+        assert seen == {"fault"}
+        cleared = [
+            d
+            for k, n, d in await s.kinds()
+            if (k, n) == ("door.alarm", "tcp1-d0") and d["alarm"] == "fault" and not d["active"]
+        ]
+        assert cleared == []  # never journaled as repaired while it stayed welded
+        board.delay_s = 0.0
+        board.stuck_coil(0, None)  # repaired: the next probe clears the fault
+        await wait_for(lambda: s.door("tcp1-d0")["faults"] == [])
