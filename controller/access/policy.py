@@ -10,7 +10,8 @@ million anti-passback positions.
 Decision order (the first rule that applies decides; docs/access.md has the full table):
 
 1.  reader throttled                         -> denied-throttled (nothing else evaluated)
-2.  reader without its secure channel        -> denied-reader-insecure
+2.  reader without its secure channel        -> denied-reader-insecure (a duress PIN
+    still raises its alarm)
 3.  malformed frame                          -> denied-malformed
 4.  PIN: pending card at this reader expired -> denied-pin-timeout; no pending card and the
     door is not PIN-only                     -> denied-card-required
@@ -272,7 +273,8 @@ class AccessState:
     """Everything the policy remembers between attempts (immutable)."""
 
     pending_pins: FrozenMap[str, PendingPin] = _EMPTY  # per reader
-    first_persons: FrozenMap[str, FirstPerson] = _EMPTY  # per door
+    # per (door, reader direction): people on opposite sides of a door are never paired
+    first_persons: FrozenMap[tuple[str, Direction], FirstPerson] = _EMPTY
     apb: FrozenMap[tuple[str, int], Direction] = _EMPTY  # (zone, cardholder id) -> position
     denials: FrozenMap[str, tuple[float, ...]] = _EMPTY  # per reader, recent counted denials
     lockouts: FrozenMap[str, float] = _EMPTY  # per reader, throttled until (monotonic s)
@@ -281,9 +283,9 @@ class AccessState:
         """The card waiting for a PIN at ``reader`` (possibly expired), if any."""
         return self.pending_pins.get(reader)
 
-    def first_person(self, door: str) -> FirstPerson | None:
-        """The first person waiting at a two-person ``door`` (possibly expired), if any."""
-        return self.first_persons.get(door)
+    def first_person(self, door: str, direction: Direction = "in") -> FirstPerson | None:
+        """The first person waiting on the ``direction`` side of a two-person ``door``."""
+        return self.first_persons.get((door, direction))
 
     def apb_position(self, zone: str, cardholder_id: int) -> Direction | None:
         """Where anti-passback believes the cardholder is: 'in', 'out' or unknown (None)."""
@@ -356,17 +358,54 @@ def _count(
     """Record a counted denial; trip the reader's throttle (alarm 'throttle') at the limit."""
     if decision.reason not in COUNTED_DENIALS:
         return decision, state
-    cfg, reader, now = request.config, request.reader, request.now_s
-    recent = (*(t for t in state.denials.get(reader, ()) if now - t < cfg.throttle_window_s), now)
-    if len(recent) >= cfg.throttle_denials:
+    tripped, state = count_denial(state, request.reader, request.now_s, request.config)
+    if tripped:
+        return replace(decision, alarms=(*decision.alarms, "throttle")), state
+    return decision, state
+
+
+def count_denial(
+    state: AccessState, reader: str, now_s: float, config: PolicyConfig
+) -> tuple[bool, AccessState]:
+    """Count one denial at ``reader``; True (and the reader throttled) if it reaches the limit.
+
+    For refusals decided outside :func:`decide` (the reader's lockdown gesture), so that
+    guessing through them is throttled like guessing at the door.
+    """
+    window = config.throttle_window_s
+    recent = (*(t for t in state.denials.get(reader, ()) if now_s - t < window), now_s)
+    if len(recent) >= config.throttle_denials:
         state = replace(
             state,
             denials=state.denials.delete(reader),
-            lockouts=state.lockouts.set(reader, now + cfg.throttle_lockout_s),
+            lockouts=state.lockouts.set(reader, now_s + config.throttle_lockout_s),
         )
-        return replace(decision, alarms=(*decision.alarms, "throttle")), state
-    keep = recent[max(0, len(recent) - cfg.throttle_denials + 1) :]
-    return decision, replace(state, denials=state.denials.set(reader, keep))
+        return True, state
+    keep = recent[max(0, len(recent) - config.throttle_denials + 1) :]
+    return False, replace(state, denials=state.denials.set(reader, keep))
+
+
+def credential_refusal(credential: Credential, local: datetime) -> tuple[Reason, str] | None:
+    """Why ``credential`` may not be used at ``local`` whatever the door (state, validity).
+
+    The stricter state of cardholder and credential (revoked > lost > disabled), then both
+    validity windows; None if neither refuses it.
+    """
+    holder = credential.cardholder
+    worst = max((holder.state, credential.state), key=lambda s: _STATE_RANK.get(s, 1))
+    if worst != CardholderState.ACTIVE:
+        reason = _STATE_REASON.get(worst, Reason.DENIED_DISABLED)
+        whose = "cardholder" if worst == holder.state else "credential"
+        return reason, f"{whose} is {worst}"
+    local = _aware(local, UTC)
+    zone = local.tzinfo or UTC
+    starts = [m for m in (holder.valid_from, credential.valid_from) if m is not None]
+    ends = [m for m in (holder.valid_until, credential.valid_until) if m is not None]
+    if any(local < _aware(m, zone) for m in starts):
+        return Reason.DENIED_NOT_YET_VALID, "not valid yet"
+    if any(local >= _aware(m, zone) for m in ends):
+        return Reason.DENIED_EXPIRED, "expired"
+    return None
 
 
 class _Attempt:
@@ -394,6 +433,14 @@ class _Attempt:
         """Apply the rules in the documented order."""
         req, door = self.req, self.door
         if not req.reader_secure:
+            if req.kind == "pin" and req.pin == PinCheck.DURESS:
+                # the person may be under threat: raise the alarm, still refuse the entry
+                self.alarms = ("duress",)
+                pending = self.state.pending_pins.get(req.reader)
+                if pending is not None:
+                    self.cardholder_id = pending.cardholder_id
+                elif req.credential is not None:
+                    self.cardholder_id = req.credential.cardholder.id
             return self.decision(Reason.DENIED_READER_INSECURE, "reader is not secure")
         if req.kind == "pin":
             found = self._pin_subject()
@@ -486,21 +533,8 @@ class _Attempt:
 
     def _credential_refusal(self, credential: Credential) -> tuple[Decision, AccessState] | None:
         """States (the stricter of cardholder and credential) and validity windows."""
-        holder = credential.cardholder
-        worst = max((holder.state, credential.state), key=lambda s: _STATE_RANK.get(s, 1))
-        if worst != CardholderState.ACTIVE:
-            reason = _STATE_REASON.get(worst, Reason.DENIED_DISABLED)
-            whose = "cardholder" if worst == holder.state else "credential"
-            return self.decision(reason, f"{whose} is {worst}")
-        local = _aware(self.req.local, UTC)
-        zone = local.tzinfo or UTC
-        starts = [m for m in (holder.valid_from, credential.valid_from) if m is not None]
-        ends = [m for m in (holder.valid_until, credential.valid_until) if m is not None]
-        if any(local < _aware(m, zone) for m in starts):
-            return self.decision(Reason.DENIED_NOT_YET_VALID, "not valid yet")
-        if any(local >= _aware(m, zone) for m in ends):
-            return self.decision(Reason.DENIED_EXPIRED, "expired")
-        return None
+        refused = credential_refusal(credential, self.req.local)
+        return None if refused is None else self.decision(*refused)
 
     @staticmethod
     def _grant_reason(*, duress: bool, soft: bool) -> Reason:
@@ -529,13 +563,12 @@ class _Attempt:
         self, holder_id: int, *, soft: bool, duress: bool
     ) -> tuple[Decision, AccessState]:
         req, door = self.req, self.door
-        first = self.state.first_persons.get(door.name)
+        side = (door.name, door.direction)  # two people pass together: same door, same way
+        first = self.state.first_persons.get(side)
         if first is not None and req.now_s <= first.deadline_s:
             if first.cardholder_id == holder_id:
                 return self.decision(Reason.DENIED_SAME_PERSON, "a second, different person")
-            self.state = replace(
-                self.state, first_persons=self.state.first_persons.delete(door.name)
-            )
+            self.state = replace(self.state, first_persons=self.state.first_persons.delete(side))
             soft = soft or first.soft_apb
             return self._grant(
                 self._grant_reason(duress=duress, soft=soft),
@@ -545,9 +578,7 @@ class _Attempt:
             )
         deadline = req.now_s + req.config.two_person_window_s
         waiting = FirstPerson(holder_id, deadline, door.direction, soft)
-        self.state = replace(
-            self.state, first_persons=self.state.first_persons.set(door.name, waiting)
-        )
+        self.state = replace(self.state, first_persons=self.state.first_persons.set(side, waiting))
         return self.decision(
             Reason.PENDING_SECOND_PERSON,
             "waiting for a second person",

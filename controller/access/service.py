@@ -35,6 +35,8 @@ from controller.access.policy import (
     AccessState,
     DoorPolicy,
     PolicyConfig,
+    count_denial,
+    credential_refusal,
     decide,
     effective_mode,
 )
@@ -56,6 +58,8 @@ from drivers.errors import CodecError
 log = structlog.get_logger(__name__)
 
 FREE_SCHEDULE_CHECK_S = 15.0
+LEVEL_POLL_S = 0.25
+"""How often the schedule loop looks at the threat level (a change re-applies free access)."""
 
 
 _STRICTNESS = {
@@ -74,6 +78,14 @@ def stricter(mode: DoorMode, level_mode: str | None) -> DoorMode:
         return mode
     imposed = DoorMode(level_mode)
     return imposed if _STRICTNESS[imposed] > _STRICTNESS[mode] else mode
+
+
+@dataclass(frozen=True, slots=True)
+class _Gesture:
+    """A card presented after '*' at a reader, waiting for its PIN."""
+
+    key: str | None  # canonical card key; None if the frame could not be decoded
+    started: float  # monotonic time of the card
 
 
 @dataclass
@@ -150,9 +162,13 @@ class AccessService:
         self._pending_keys: dict[str, str] = {}  # reader -> card key awaiting its PIN
         self._keybuf: dict[str, tuple[str, float]] = {}  # reader -> (keys so far, started)
         self._armed: dict[str, float] = {}  # reader -> when '*' was pressed
-        self._gesture_pending: dict[str, tuple[Credential, float]] = {}
+        self._gesture_pending: dict[str, _Gesture] = {}
+        # door -> grants whose pulse is handed to the door service but not finished: the
+        # interlock counts such a door as unlocking from the moment of the grant
+        self._unlocking: dict[str, int] = {}
         self._free: dict[str, bool] = {}
-        self._recheck = asyncio.Event()  # a lockdown released a door: re-apply its schedule
+        # a lockdown released a door, or the threat level changed: re-apply the schedules
+        self._recheck = asyncio.Event()
         self._bus_of = {r.name: r.bus for r in self.settings.readers}
         self.doors.add_listener(self._on_door_record)
 
@@ -230,6 +246,8 @@ class AccessService:
 
     def _interlock_busy(self, door: str) -> bool:
         for other in self.interlock_of.get(door, ()):
+            if self._unlocking.get(other):
+                return True  # granted a moment ago: its pulse is on its way
             s = self.doors.state(other)
             if s.intent is not Intent.LOCKED or s.contact is not Contact.CLOSED:
                 return True
@@ -273,6 +291,7 @@ class AccessService:
         )
         if self._gesture_card(info, credential, card):
             return
+        self._abandon_gesture(reader.name, "a card was presented")
         decision = self._decide(request, info, card=card, detail=detail)
         if decision.reason is Reason.PENDING_PIN and card is not None:
             self._pending_keys[reader.name] = card.key
@@ -280,11 +299,22 @@ class AccessService:
             self._pending_keys.pop(reader.name, None)
 
     def _keys(self, info: ReaderInfo, event: KeypadRead) -> None:
-        """Assemble a PIN: a multi-key entry is complete; single keys collect until '#'."""
+        """Assemble a PIN: a multi-key entry is complete; single keys collect until '#'.
+
+        A lone '*' clears the entry while one is open at the reader (a PIN awaited, or keys
+        typed); otherwise it arms the lockdown gesture ('*', card, PIN).
+        """
         keys = event.keys.strip()
         name = info.settings.name
         now = self.clock()
-        if keys == "*" or (keys.startswith("*") and not keys.strip("*")):
+        gesture = self._gesture_pending.get(name)
+        if gesture is not None and now - gesture.started > self.config.pin_timeout_s:
+            # an abandoned gesture never takes a later entry: this one is handled as usual
+            self._abandon_gesture(name, "PIN too late")
+        if keys.startswith("*") and not keys.strip("*"):
+            if self._entry_open(name, now):
+                self._keybuf.pop(name, None)  # '*' clears the entry; a pending card stays
+                return
             self._armed[name] = now  # '*' then card then PIN: a lockdown / all-clear gesture
             self._keybuf.pop(name, None)
             self.recorder.record("access.gesture", device=name, step="armed")
@@ -297,27 +327,45 @@ class AccessService:
             buffered, started = self._keybuf.get(name, ("", now))
             if now - started > self.config.pin_timeout_s:
                 buffered, started = "", now
-            if keys == "*":
-                self._keybuf.pop(name, None)  # '*' clears the entry
-                return
             if len(buffered) >= 16:
                 buffered = ""
             self._keybuf[name] = (buffered + keys, started)
             return
-        if name in self._gesture_pending:
-            self._gesture_pin(info, entry.strip().rstrip("#").lstrip("*"))
+        gesture = self._gesture_pending.pop(name, None)
+        if gesture is not None:
+            self._gesture_pin(info, gesture, entry.strip().rstrip("#").lstrip("*"))
             return
         self._pin(info, entry)
+
+    def _entry_open(self, reader: str, now: float) -> bool:
+        """Whether a keypad entry is under way at ``reader`` (so '*' means "clear")."""
+        pending = self._state.pending_pin(reader)
+        if pending is not None and now <= pending.deadline_s:
+            return True
+        if reader in self._gesture_pending:
+            return True
+        buffered, started = self._keybuf.get(reader, ("", now))
+        return bool(buffered) and now - started <= self.config.pin_timeout_s
+
+    def _abandon_gesture(self, reader: str, why: str) -> None:
+        """Forget a gesture waiting for its PIN at ``reader`` (journaled), if there is one."""
+        if self._gesture_pending.pop(reader, None) is not None:
+            self.recorder.record("access.gesture", device=reader, step="abandoned", reason=why)
 
     def _gesture_card(
         self, info: ReaderInfo, credential: Credential | None, card: CardNumber | None
     ) -> bool:
-        """A card after '*': hold it for the PIN instead of deciding entry; True if taken."""
+        """A card after '*': hold it for the PIN instead of deciding entry; True if taken.
+
+        Known and unknown cards get the same indication ("PIN needed"); an unknown card
+        counts toward the reader's throttle at once, and a throttled reader refuses.
+        """
         name = info.settings.name
         armed = self._armed.pop(name, None)
         now = self.clock()
         if armed is None or now - armed > self.config.pin_timeout_s:
             return False
+        self._abandon_gesture(name, "a new gesture card")
         self.recorder.record(
             "access.gesture",
             device=name,
@@ -325,44 +373,63 @@ class AccessService:
             card=card.masked() if card else None,
             known=credential is not None,
         )
-        if credential is None or not self._secure(info):
-            self.recorder.record("access.gesture", device=name, step="refused", reason="unknown")
-            self._indicate(name, Indication.DENIED)
+        if not self._secure(info):
+            self._gesture_refused(info, "reader not secure", count=False)
             return True
-        self._gesture_pending[name] = (credential, now)
+        if self._state.throttled(name, now):
+            self._gesture_refused(info, "throttled", count=False)
+            return True
+        if credential is None:
+            self._count_denial(info, None)  # guessing cards through the gesture is throttled
+        self._gesture_pending[name] = _Gesture(card.key if card is not None else None, now)
         self._indicate(name, Indication.PIN_NEEDED)
         return True
 
-    def _gesture_pin(self, info: ReaderInfo, pin: str) -> None:
+    def _gesture_pin(self, info: ReaderInfo, gesture: _Gesture, pin: str) -> None:
+        """The PIN of a gesture: every check of the card again, as the store has it now."""
         name = info.settings.name
-        credential, started = self._gesture_pending.pop(name)
-        holder = credential.cardholder
         zone = self._door_settings[info.settings.door].zone
         kind = "all-clear" if self.lockdown(zone) else "lockdown"
         needed = Privilege.ALL_CLEAR if kind == "all-clear" else Privilege.LOCKDOWN
-        reason = ""
+        now = self.clock()
+        if not self._secure(info):
+            self._gesture_refused(info, "reader not secure", gesture=kind, count=False)
+            return
+        if self._state.throttled(name, now):
+            self._gesture_refused(info, "throttled", gesture=kind, count=False)
+            return
+        if now - gesture.started > self.config.pin_timeout_s:
+            self._gesture_refused(info, "PIN too late", gesture=kind)
+            return
+        # the card is looked up again: a revocation since the card takes effect
+        credential: Credential | None = None
+        try:
+            if gesture.key is not None:
+                credential = self.store.lookup(gesture.key)
+        except StoreError as exc:
+            log.error("credential lookup failed", error=str(exc))
+            self._gesture_refused(info, f"store: {exc}", gesture=kind, count=False)
+            return
+        if credential is None:
+            # an unknown card counted when it was presented; a card removed since counts now
+            self._gesture_refused(info, "unknown", gesture=kind, count=gesture.key is not None)
+            return
+        holder = credential.cardholder
+        refused = credential_refusal(credential, self.local_now())
+        if refused is not None:
+            self._gesture_refused(info, refused[1], gesture=kind, holder=holder)
+            return
         try:
             check = self.store.check_pin(holder.id, pin)
         except StoreError as exc:
-            check, reason = PinCheck.BAD, f"store: {exc}"
-        if self.clock() - started > self.config.pin_timeout_s:
-            reason = "PIN too late"
-        elif check is not PinCheck.OK:
-            reason = "wrong PIN"
-        elif needed not in holder.privileges:
-            reason = f"no {needed.value} privilege"
-        elif holder.state.value != "active" or credential.state.value != "active":
-            reason = "credential not active"
-        if reason:
-            self.recorder.record(
-                "access.gesture",
-                device=name,
-                step="refused",
-                gesture=kind,
-                cardholder_id=holder.id,
-                reason=reason,
-            )
-            self._indicate(name, Indication.DENIED)
+            log.error("PIN check failed", error=str(exc))
+            self._gesture_refused(info, f"store: {exc}", gesture=kind, holder=holder, count=False)
+            return
+        if check is not PinCheck.OK:
+            self._gesture_refused(info, "wrong PIN", gesture=kind, holder=holder)
+            return
+        if needed not in holder.privileges:
+            self._gesture_refused(info, f"no {needed.value} privilege", gesture=kind, holder=holder)
             return
         self.recorder.record(
             "access.gesture",
@@ -375,6 +442,43 @@ class AccessService:
         self._indicate(name, Indication.LOCKDOWN if kind == "lockdown" else Indication.GRANTED)
         if self.on_gesture is not None:
             self.on_gesture(holder, name, kind)
+
+    def _gesture_refused(
+        self,
+        info: ReaderInfo,
+        reason: str,
+        *,
+        gesture: str | None = None,
+        holder: Cardholder | None = None,
+        count: bool = True,
+    ) -> None:
+        """Journal a refused gesture, show "denied" (not when throttled), count it if asked."""
+        name = info.settings.name
+        data: dict[str, Any] = {"reason": reason}
+        if gesture is not None:
+            data["gesture"] = gesture
+        if holder is not None:
+            data["cardholder_id"] = holder.id
+        self.recorder.record("access.gesture", device=name, step="refused", **data)
+        if count:
+            self._count_denial(info, holder)
+        if reason != "throttled":
+            self._indicate(name, Indication.DENIED)
+
+    def _count_denial(self, info: ReaderInfo, holder: Cardholder | None) -> None:
+        """Count a gesture refusal toward the reader's throttle (alarm when it trips)."""
+        name = info.settings.name
+        tripped, self._state = count_denial(self._state, name, self.clock(), self.config)
+        if tripped:
+            door = info.settings.door
+            self.recorder.record(
+                "access.alarm",
+                door=door,
+                alarm="throttle",
+                reader=name,
+                cardholder_id=holder.id if holder is not None else None,
+            )
+            log.warning("access alarm", door=door, alarm="throttle", reader=name)
 
     def _pin(self, info: ReaderInfo, entry: str) -> None:
         reader = info.settings
@@ -478,15 +582,28 @@ class AccessService:
         self._indicate(reader, Indication.GRANTED)
         if decision.reason is Reason.GRANTED_FREE_ACCESS:
             return  # the door is already unlocked by its schedule
+        door = decision.door
         coro = self.doors.command(
-            decision.door,
+            door,
             "pulse",
             source=f"reader:{reader}",
             override=decision.reason is Reason.GRANTED_OVERRIDE,
         )
-        task = asyncio.get_running_loop().create_task(coro, name=f"grant:{decision.door}")
+        task = asyncio.get_running_loop().create_task(coro, name=f"grant:{door}")
+        # reserve the door now: the pulse reaches the door service a loop turn later, and an
+        # interlocked door decided in between must already see this one as unlocking
+        self._unlocking[door] = self._unlocking.get(door, 0) + 1
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._release(door))
+
+    def _release(self, door: str) -> None:
+        """A grant's pulse is applied (or failed): the door state speaks for it from now on."""
+        left = self._unlocking.get(door, 0) - 1
+        if left > 0:
+            self._unlocking[door] = left
+        else:
+            self._unlocking.pop(door, None)
 
     def _indicate(self, reader: str, indication: Indication) -> None:
         bus = self.buses.get(self._bus_of.get(reader, ""))
@@ -500,16 +617,23 @@ class AccessService:
     # -- schedules -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Apply scheduled free access (unlock/lock at schedule edges) until cancelled."""
+        """Apply scheduled free access (unlock/lock at schedule edges) until cancelled.
+
+        A door is free only while the stricter of its scheduled mode and the threat level's
+        mode is ``free`` and no lockdown holds it; a threat-level change is seen within
+        ``LEVEL_POLL_S`` and applied at once (``level_changed()`` wakes the loop at once).
+        """
         doors = [d for d in self.settings.doors if d.free_schedule]
         if not doors:
             await asyncio.Event().wait()
+        loop = asyncio.get_running_loop()
         while True:
+            level = self.level_mode()
             now = self.local_now()
             for d in doors:
                 schedule = self.schedules.get(d.free_schedule or "")
-                free = effective_mode(d.mode, schedule, now, self.holidays) is DoorMode.FREE
-                free = free and not self.lockdown(d.zone)
+                mode = stricter(effective_mode(d.mode, schedule, now, self.holidays), level)
+                free = mode is DoorMode.FREE and not self.lockdown(d.zone)
                 if self._free.get(d.name) != free:
                     self._free[d.name] = free
                     action = "unlock" if free else "lock"
@@ -518,9 +642,18 @@ class AccessService:
                     )
                     with contextlib.suppress(Exception):
                         await self.doors.command(d.name, action, source="schedule")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._recheck.wait(), FREE_SCHEDULE_CHECK_S)
+            deadline = loop.time() + FREE_SCHEDULE_CHECK_S
+            while not self._recheck.is_set() and self.level_mode() == level:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._recheck.wait(), min(left, LEVEL_POLL_S))
             self._recheck.clear()
+
+    def level_changed(self) -> None:
+        """The threat level changed: re-apply free-access schedules now."""
+        self._recheck.set()
 
     def _on_door_record(self, kind: str, data: Mapping[str, Any]) -> None:
         """A lockdown hold ended on a door: its free schedule applies again, at once."""

@@ -415,6 +415,38 @@ def test_duress_alarm_is_raised_whatever_the_outcome() -> None:
     assert (both.reason, set(both.alarms)) == (Reason.GRANTED_DURESS, {"duress", "apb"})
 
 
+@given(
+    mode=st.sampled_from([DoorMode.CARD_AND_PIN, DoorMode.PIN]),
+    secure=st.booleans(),
+    lockdown=st.booleans(),
+    dt=st.sampled_from([0.0, 3.0, 10.0, 11.0]),
+    state_of=st.sampled_from(list(CardholderState)),
+)
+def test_a_duress_pin_always_raises_its_alarm_and_a_bad_reader_never_grants(
+    mode: DoorMode, secure: bool, lockdown: bool, dt: float, state_of: CardholderState
+) -> None:
+    """Whatever else refuses the entry (a reader without its secure channel included), the
+    person typing a duress PIN may be under threat: the alarm is raised; no grant without the
+    secure channel."""
+    c = cred(holder(1, state=state_of))  # as the store has it at the PIN
+    at = door(mode=mode)
+    card = request(C, at=at)  # active when the card was presented
+    pin = request(
+        c,
+        kind="pin",
+        pin=PinCheck.DURESS,
+        at=at,
+        now_s=dt,
+        reader_secure=secure,
+        lockdown=lockdown,
+    )
+    d = last(card, pin) if mode is DoorMode.CARD_AND_PIN else last(pin)
+    assert "duress" in d.alarms, d
+    assert d.cardholder_id == 1
+    if not secure:
+        assert (d.reason, d.granted) == (Reason.DENIED_READER_INSECURE, False)
+
+
 def test_pin_only_door() -> None:
     pin_door = door(mode=DoorMode.PIN)
     assert last(request(C, kind="pin", pin=PinCheck.OK, at=pin_door)).reason is Reason.GRANTED
@@ -445,6 +477,20 @@ def test_two_person_rule() -> None:
         Reason.DENIED_NO_ACCESS,
         Reason.GRANTED,
     ]
+
+
+def test_two_person_never_pairs_people_on_opposite_sides_of_the_door() -> None:
+    outside = door(mode=DoorMode.TWO_PERSON, direction="in")
+    inside = door(mode=DoorMode.TWO_PERSON, direction="out")
+    first, across, pair = run(
+        request(C, at=outside, reader="vault-in", now_s=0),
+        request(cred(holder(2)), at=inside, reader="vault-out", now_s=3),
+        request(cred(holder(3)), at=outside, reader="vault-in", now_s=4),
+    )
+    # the insider leaving waits for a second insider; the outsider is paired with an outsider
+    assert (first.reason, across.reason) == (Reason.PENDING_SECOND_PERSON,) * 2
+    assert (pair.reason, pair.cardholder_id) == (Reason.GRANTED, 3)
+    assert "cardholder 1" in pair.detail
 
 
 def test_anti_passback_directions_and_zones() -> None:
@@ -778,12 +824,13 @@ class AntiPassbackMachine(RuleBasedStateMachine):
 
 
 class TwoPersonMachine(RuleBasedStateMachine):
-    """The two-person rule with a window, repeated badges and an interlock that comes and goes."""
+    """The two-person rule with a window, repeated badges and an interlock that comes and goes,
+    at the door's in and out readers: only people on the same side are ever paired."""
 
     def __init__(self) -> None:
         super().__init__()
         self.state = AccessState()
-        self.first: tuple[int, float] | None = None
+        self.firsts: dict[Direction, tuple[int, float]] = {}
         self.now = 0.0
         self.busy = False
 
@@ -795,32 +842,37 @@ class TwoPersonMachine(RuleBasedStateMachine):
     def toggle_interlock(self) -> None:
         self.busy = not self.busy
 
-    @rule(who=st.integers(1, 3))
-    def badge(self, who: int) -> None:
-        at = door(mode=DoorMode.TWO_PERSON, interlock_busy=self.busy)
-        d, self.state = decide(request(simple(who), at=at, now_s=self.now), self.state)
+    @rule(who=st.integers(1, 3), side=st.sampled_from(["in", "out"]))
+    def badge(self, who: int, side: Direction) -> None:
+        at = door(mode=DoorMode.TWO_PERSON, interlock_busy=self.busy, direction=side)
+        reader = f"lobby-{side}"
+        d, self.state = decide(
+            request(simple(who), at=at, now_s=self.now, reader=reader), self.state
+        )
         if self.busy:
             assert d.reason is Reason.DENIED_INTERLOCK
             return
-        live = self.first is not None and self.now <= self.first[1]
-        if live and self.first is not None and self.first[0] == who:
+        first = self.firsts.get(side)
+        live = first is not None and self.now <= first[1]
+        if live and first is not None and first[0] == who:
             assert d.reason is Reason.DENIED_SAME_PERSON
-        elif live and self.first is not None:
+        elif live and first is not None:
             assert (d.reason, d.cardholder_id) == (Reason.GRANTED, who)
-            assert f"cardholder {self.first[0]}" in d.detail
-            self.first = None
+            assert f"cardholder {first[0]}" in d.detail
+            del self.firsts[side]
         else:
             assert (d.reason, d.next_factor) == (Reason.PENDING_SECOND_PERSON, "second-person")
-            self.first = (who, self.now + CONFIG.two_person_window_s)
+            self.firsts[side] = (who, self.now + CONFIG.two_person_window_s)
 
     @invariant()
     def first_matches(self) -> None:
-        first = self.state.first_person("lobby")
-        if self.first is None:
-            assert first is None
-        else:
-            assert first is not None
-            assert (first.cardholder_id, first.deadline_s) == self.first
+        for side in ("in", "out"):
+            first = self.state.first_person("lobby", side)
+            if side not in self.firsts:
+                assert first is None
+            else:
+                assert first is not None
+                assert (first.cardholder_id, first.deadline_s) == self.firsts[side]
 
 
 class CardAndPinMachine(RuleBasedStateMachine):
@@ -1123,7 +1175,7 @@ def test_safety_under_random_sequences(
         if at.mode in (DoorMode.CARD_AND_PIN, DoorMode.PIN):
             assert event.kind == "pin"
         if at.mode == DoorMode.TWO_PERSON:
-            first = before.first_person(at.name)
+            first = before.first_person(at.name, at.direction)
             assert first is not None
             assert first.cardholder_id != person.id
             assert now <= first.deadline_s
