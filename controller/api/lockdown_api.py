@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from controller.access.model import PinCheck, Privilege
 from controller.access.store import CredentialStore, StoreError
@@ -31,6 +31,8 @@ from controller.lockdown.model import (
 )
 from controller.lockdown.report import REPORT_KINDS  # the report's own list: all it reads
 from controller.lockdown.runner import LockdownRunner, refusal
+
+MAX_ID = 2**63 - 1  # the largest id SQLite stores
 
 COMMANDS = (
     "lockdown.start",
@@ -139,14 +141,16 @@ class LockdownApi:
     async def _status(self, req: Request, reply: Reply) -> None:
         await reply(ok(req.id, **self.runner.status()))
 
-    def _person(self, req: Request, privilege: Privilege) -> tuple[str, bool]:
+    def _person(self, req: Request, privilege: Privilege, event: str) -> tuple[str, bool]:
         cid = arg(req, "cardholder", int)
         pin = arg(req, "pin", str)
+        if not 1 <= cid <= MAX_ID:
+            self._refused(event, f"cardholder id must be 1..{MAX_ID} (got {cid})")
         try:
             holder = self.store.get_cardholder(cid)
             check = self.store.check_pin(cid, pin)
         except StoreError as exc:
-            raise CommandError(str(exc)) from None
+            self._refused(event, str(exc))
         authorised = (
             check is PinCheck.OK
             and privilege in holder.privileges
@@ -155,8 +159,13 @@ class LockdownApi:
         # the person is the cardholder alone: two wardctl calls by one person are one person
         return f"#{holder.id} {holder.name}", authorised
 
+    def _refused(self, event: str, reason: str) -> NoReturn:
+        """Journal a request refused before it reached the machine, and refuse it."""
+        self.runner.recorder.record("lockdown.refused", event=event, reason=reason, peer=PEER.get())
+        raise CommandError(reason)
+
     async def _clear(self, req: Request, reply: Reply) -> None:
-        person, authorised = self._person(req, Privilege.ALL_CLEAR)
+        person, authorised = self._person(req, Privilege.ALL_CLEAR, "AllClear")
         via = f"operator {PEER.get()}"
         event = AllClear(self._scope(req), person, authorised, via, self.runner.wall())
         await self._submit(event, reply, req)
@@ -173,17 +182,22 @@ class LockdownApi:
         await self._submit(event, reply, req)
 
     async def _end_evacuation(self, req: Request, reply: Reply) -> None:
-        person, authorised = self._person(req, Privilege.ALL_CLEAR)
-        if not authorised:
-            raise CommandError("ending an evacuation needs the all-clear privilege and PIN")
-        await self._submit(EndEvacuation(self._scope(req), person, self.runner.wall()), reply, req)
+        person, authorised = self._person(req, Privilege.ALL_CLEAR, "EndEvacuation")
+        # an unauthorised person is refused by the machine, journaled like an all-clear's
+        event = EndEvacuation(self._scope(req), person, self.runner.wall(), authorised)
+        await self._submit(event, reply, req)
 
     async def _threat_level(self, req: Request, reply: Reply) -> None:
         level = arg(req, "level", int)
         await self._submit(SetThreatLevel(level, PEER.get(), self.runner.wall()), reply, req)
 
     async def _fire_reset(self, req: Request, reply: Reply) -> None:
-        event = FireReset(PEER.get(), self.runner.fire_inputs_active(), self.runner.wall())
+        event = FireReset(
+            PEER.get(),
+            self.runner.fire_inputs_active(),
+            self.runner.wall(),
+            inputs_unknown=tuple(self.runner.fire_inputs_unknown()),
+        )
         await self._submit(event, reply, req)
 
     async def _incident_list(self, req: Request, reply: Reply) -> None:

@@ -206,6 +206,16 @@ def _lockdown_text(st: dict[str, Any]) -> str:
             f"failed: {', '.join(doors['failed']) or '-'}; "
             f"propped: {', '.join(doors['propped']) or '-'}"
         )
+        # held doors that are open on purpose: an override, or a fire release
+        lines.append(
+            f"  override: {', '.join(doors.get('override', ())) or '-'}; "
+            f"released: {', '.join(doors.get('released', ())) or '-'}; "
+            f"pending: {', '.join(doors.get('pending', ())) or '-'}"
+        )
+    if st.get("fire_inputs_unknown"):
+        lines.append(f"  fire inputs not readable: {', '.join(st['fire_inputs_unknown'])}")
+    if st.get("persist_error"):
+        lines.append(f"  ALARM: lockdown state not saved ({st['persist_error']}); retrying")
     return "\n".join(lines)
 
 

@@ -856,7 +856,8 @@ async def test_sigterm_in_lockdown_leaves_held_fail_safe_doors_locked(tmp_path: 
         rows = read_journal(site.journal)
         safe = [r for r in rows if r["kind"] == "door.safe"]
         assert sorted(r["door"] for r in safe) == sorted(d.name for d in site.settings.doors)
-        assert all(r["data"] == {"confirmed": True, "held_locked": True} for r in safe), safe
+        held = {"confirmed": True, "held_locked": True, "released": False}
+        assert all(r["data"] == held for r in safe), safe
 
         # and the next start is still locked down
         async with running_daemon(site) as again:
