@@ -21,9 +21,9 @@ Invariants (tests in tests/unit/test_door_machine.py check them on random event 
   returns to its fail state and waits again. No flapping, one journal entry per transition.
 * Every phase change and every alarm edge is an effect (``Record``), so nothing changes silently.
 * Lockdown (``Hold.secured``) relocks the door and refuses every command but ``lock`` unless it
-  carries ``override``; REX still releases doors on an egress route. A life-safety release
-  (fire on a fail-safe egress door, or evacuation outside lockdown) outranks everything,
-  relay faults and lockdown included.
+  carries ``override``; REX still releases doors on an egress route, relay fault or not. A
+  life-safety release (fire on a fail-safe egress door, or evacuation outside lockdown)
+  outranks everything, relay faults and lockdown included.
 """
 
 from __future__ import annotations
@@ -241,6 +241,10 @@ def desired_relay(spec: DoorSpec, state: DoorState) -> bool:
     """The relay value the door must have now."""
     if state.released:
         return spec.relay_for(True)  # life safety first: fire / evacuation release
+    if spec.egress and state.intent is not Intent.LOCKED:
+        # a way out (REX on an egress route, in every state): released even with a relay
+        # fault, whose fail state would otherwise keep a held door locked
+        return spec.relay_for(True)
     if Fault.RELAY in state.faults and not state.probing:
         # fail state: de-energised, the lock's own power-loss behaviour - except that a door
         # held by a lockdown keeps being commanded locked (a fail-safe lock must not release)

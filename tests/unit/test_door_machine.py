@@ -34,6 +34,7 @@ from controller.doors.machine import (
     DoorSpec,
     DoorState,
     Fault,
+    Hold,
     Intent,
     LinkChanged,
     Phase,
@@ -760,6 +761,44 @@ def test_desired_relay_table(lock: str, intent: Intent, relay_fault: bool, probi
     else:
         expected = want_released if lock == FAIL_SECURE else not want_released
     assert desired_relay(spec, state) is expected
+
+
+@given(
+    lock=st.sampled_from(LOCKS),
+    intent=st.sampled_from([Intent.PULSE, Intent.UNLOCKED]),
+    faults=st.sets(st.sampled_from(list(Fault))),
+    probing=st.booleans(),
+    secured=st.booleans(),
+)
+def test_an_egress_door_meant_open_is_released_whatever_its_faults_or_hold(
+    lock: str, intent: Intent, faults: set[Fault], probing: bool, secured: bool
+) -> None:
+    spec = make_spec(lock, egress=True)
+    state = DoorState(
+        intent=intent,
+        pulse_until=5.0 if intent is Intent.PULSE else None,
+        link_up=Fault.LINK not in faults,
+        seen_up=True,
+        faults=frozenset(faults),
+        probing=probing,
+        secured=secured,
+    )
+    assert desired_relay(spec, state) is spec.relay_for(True)
+
+
+@pytest.mark.parametrize("lock", LOCKS)
+def test_rex_releases_a_held_egress_door_despite_a_relay_fault(lock: str) -> None:
+    spec = make_spec(lock, egress=True, rex_unlocks=False)
+    door = online(spec)
+    door.feed(Hold(True, False, False, 1.0))  # a lockdown holds it
+    door.feed(RelayRead(door.desired, True, 2.0))  # a readback mismatch: relay fault
+    assert Fault.RELAY in door.state.faults
+    assert door.desired is spec.relay_for(False)  # held: commanded locked meanwhile
+    door.feed(RexChanged(True, 3.0))  # someone inside needs out
+    assert door.desired is spec.relay_for(True)
+    door.feed(RexChanged(False, 3.2))
+    door.feed(Tick(3.0 + spec.rex_pulse_s + 0.1))  # the REX pulse is over
+    assert door.desired is spec.relay_for(False)
 
 
 def test_next_deadline_is_the_earliest_of_pulse_held_open_and_retry() -> None:
