@@ -736,8 +736,10 @@ class LockdownRunner:
                     await self._wake.wait()
 
     async def close(self) -> None:
-        """Finish pending persistence."""
+        """Finish pending persistence; one last attempt if the file is behind the state."""
         await self.flush()
+        if self.state != self._persisted:
+            await self._persist()
 
 
 _LISTED = ("secured", "failed", "propped", "override", "released", "pending")

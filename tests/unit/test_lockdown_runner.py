@@ -649,3 +649,25 @@ def test_state_file_json_is_the_machine_state(tmp_path: Path) -> None:
     state = SiteState(threat_level=2, next_incident=7)
     save_state(path, state)
     assert json.loads(path.read_text())["next_incident"] == 7
+
+
+async def test_a_zone_evacuation_during_a_site_lockdown_releases_no_held_door(rig: Rig) -> None:
+    """Accepted (an authorised order, its own incident), but the site's hold wins at the doors."""
+    board = rig.boards["b1"]
+    await rig.runner.submit(StartLockdown(SITE, PANIC, 1000.0))
+    await rig.until(lambda: confirmed(rig))
+    exit_locked = rig.doors.spec("exit").relay_for(False)
+    await rig.runner.submit(StartEvacuation("north", OPERATOR, 1001.0))
+    assert rig.runner.state.scope("north").mode is Mode.EVACUATION
+    assert rig.runner.state.scope("north").incident == 2
+    await rig.run_for(0.1)
+    assert board.coils[1] is exit_locked  # the egress door stays held by the site lockdown
+    assert not rig.doors.state("exit").released
+    # an evacuation of the locked-down scope itself: refused
+    effects = await rig.runner.submit(StartEvacuation(SITE, OPERATOR, 1002.0))
+    assert runner_mod.refusal(effects) == "end the lockdown before an evacuation"
+    await rig.runner.submit(AllClear(SITE, "#1 ann", True, "card", 1003.0))
+    await rig.runner.submit(AllClear(SITE, "#2 bob", True, "card", 1004.0))
+    await rig.run_for(0.05)
+    assert board.coils[1] is not exit_locked  # the zone's evacuation now releases its exit
+    assert board.coils[0] is rig.doors.spec("main").relay_for(False)  # not an egress door
