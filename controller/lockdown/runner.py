@@ -591,7 +591,9 @@ class LockdownRunner:
                     self.recorder.record(
                         "lockdown.door", door=name, status="drift", detail=status, **incident
                     )
-                if changed or number not in check.reported:
+                # a door's status goes to every incident holding it; one that began to hold
+                # it later hears its current status (a first "pending" needs no record)
+                if changed or (number not in check.reported and status != "pending"):
                     self.recorder.record(
                         "lockdown.door", door=name, status=status, detail=detail, **incident
                     )
