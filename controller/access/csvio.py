@@ -240,6 +240,8 @@ def parse_validity(text: str, zone: tzinfo, *, end: bool) -> datetime:
     if len(text) == 10:
         day = date.fromisoformat(text)
         if end:
+            if day == date.max:  # "never expires": the last day there is, all of it
+                return datetime.combine(day, dtime.max, tzinfo=zone)
             day += timedelta(days=1)
         return datetime.combine(day, dtime(0, 0), tzinfo=zone)
     if "T" not in text and " " not in text:
@@ -356,7 +358,7 @@ class _RowParser:
     def _moment(self, text: str, what: str, reasons: list[str], *, end: bool) -> datetime | None:
         try:
             return parse_validity(text, self.zone, end=end)
-        except ValueError:
+        except (ValueError, OverflowError):
             reasons.append(f"bad {what} {_quote(text)}: {_DATE_HELP}")
             return None
 

@@ -29,7 +29,7 @@ from controller.access.store import CredentialInfo, CredentialStore, StoreError
 from controller.api.protocol import ProtocolError, Request, arg, ok
 from controller.api.server import Reply
 from controller.doors.service import Recorder
-from controller.errors import CommandError
+from controller.errors import CommandError, WardingError
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +39,8 @@ UPLOAD_IDLE_S = 600.0
 """An import upload with no chunk for this long is abandoned: its file is deleted."""
 LIST_LIMIT_MAX = 100_000
 """The most rows one page of ``cardholder.list`` / ``credential.list`` may ask for."""
+ROW_ID_MAX = 2**63 - 1
+"""The largest row id SQLite can hold: a larger one names no row (and cannot be bound)."""
 
 
 def _page(req: Request, *, default_limit: int) -> tuple[int, int]:
@@ -47,9 +49,56 @@ def _page(req: Request, *, default_limit: int) -> tuple[int, int]:
     after = int(arg(req, "after", int, required=False, default=0))
     if not 1 <= limit <= LIST_LIMIT_MAX:
         raise CommandError(f"limit must be between 1 and {LIST_LIMIT_MAX} (got {limit})")
-    if after < 0:
+    if not 0 <= after <= ROW_ID_MAX:
         raise CommandError(f"after must be a row id, 0 or more (got {after})")
     return limit, after
+
+
+def _row_id(req: Request, name: str) -> int:
+    """An id argument (cardholder, credential): an int from 1 to ``ROW_ID_MAX``."""
+    value = _optional_row_id(req, name)
+    if value is None:
+        raise ProtocolError(f"'{req.cmd}' needs argument '{name}'")
+    return value
+
+
+def _optional_row_id(req: Request, name: str) -> int | None:
+    """An optional id argument (None if absent or null), range-checked as ``_row_id``."""
+    value = arg(req, name, int, required=False)
+    if value is None:
+        return None
+    if not 1 <= value <= ROW_ID_MAX:
+        raise ProtocolError(f"argument '{name}' must be an id from 1 to {ROW_ID_MAX}")
+    return int(value)
+
+
+def _strings(req: Request, name: str, *, required: bool = True) -> list[str]:
+    """A list-of-strings argument; a list holding anything else is refused, naming it."""
+    value = arg(req, name, list, required=required, default=[])
+    if not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"argument '{name}' must be a list of strings")
+    return list(value)
+
+
+def _bad_text(value: Any, path: str) -> str | None:
+    """The first argument (path) whose text cannot be encoded (a lone surrogate), if any."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _bad_text(item, f"{path}[{i}]")
+            if found is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _bad_text(key, path) or _bad_text(item, f"{path}.{key}")
+            if found is not None:
+                return found
+    return None
 
 
 def _when(value: str | None, name: str, timezone: str, *, end: bool) -> datetime | None:
@@ -62,7 +111,7 @@ def _when(value: str | None, name: str, timezone: str, *, end: bool) -> datetime
         return None
     try:
         return parse_validity(value, ZoneInfo(timezone), end=end)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ProtocolError(
             f"'{name}' must be an ISO-8601 date or date-time, e.g. 2026-12-01 or "
             f"2026-12-01T08:00 (got {value!r})"
@@ -117,6 +166,7 @@ class Management:
     install: Callable[[str, float], None] | None = None
     upload_idle_s: float = UPLOAD_IDLE_S
     _uploads: dict[str, _Upload] = field(default_factory=dict)
+    _jobs: set[asyncio.Future[ImportReport]] = field(default_factory=set)  # imports running
 
     def __post_init__(self) -> None:
         # an upload of an earlier run (a client that went away, a crash) holds card numbers
@@ -148,15 +198,31 @@ class Management:
     )
 
     async def handle(self, req: Request, reply: Reply) -> bool:
-        """Serve ``req`` if it is a management command; return False if it is not one."""
+        """Serve ``req`` if it is a management command; return False if it is not one.
+
+        Any failure is answered with an error reply (ProtocolError, CommandError): an
+        unexpected exception is logged once with its traceback, and the connection stays up.
+        """
         if req.cmd not in self.COMMANDS:
             return False
         name = "_" + req.cmd.replace(".", "_").replace("-", "_")
         handler = getattr(self, name)
+        bad = _bad_text(req.args, "args")
+        if bad is not None:
+            where = bad.removeprefix("args.")
+            raise ProtocolError(f"argument '{where}' is not valid text (a lone surrogate)")
         try:
             await handler(req, reply)
         except StoreError as exc:
             raise CommandError(str(exc)) from None
+        except (WardingError, ConnectionError):
+            raise
+        except Exception as exc:
+            log.exception("management command failed", cmd=req.cmd)
+            raise CommandError(
+                f"'{req.cmd}' failed: internal error ({type(exc).__name__}); "
+                "nothing was granted; see the daemon log"
+            ) from None
         return True
 
     def _source(self, req: Request) -> str:
@@ -170,13 +236,13 @@ class Management:
     async def _cardholder_add(self, req: Request, reply: Reply) -> None:
         name = arg(req, "name", str)
         pin = arg(req, "pin", str, required=False)
-        privileges = arg(req, "privileges", list, required=False, default=[])
+        privileges = _strings(req, "privileges", required=False)
         for p in privileges:
             if p not in {x.value for x in Privilege}:
                 raise ProtocolError(
                     f"unknown privilege {p!r}; expected {', '.join(x.value for x in Privilege)}"
                 )
-        levels = arg(req, "levels", list, required=False, default=[])
+        levels = _strings(req, "levels", required=False)
         valid_from = _when(
             arg(req, "valid_from", str, required=False), "valid_from", self.timezone, end=False
         )
@@ -213,7 +279,7 @@ class Management:
         await reply(ok(req.id, cardholders=[cardholder_json(c) for c in rows]))
 
     async def _cardholder_show(self, req: Request, reply: Reply) -> None:
-        cid = arg(req, "cardholder", int)
+        cid = _row_id(req, "cardholder")
         holder = await self._run(self.store.get_cardholder, cid)
         creds = await self._run(self.store.list_credentials, cid)
         await reply(
@@ -225,7 +291,7 @@ class Management:
         )
 
     async def _cardholder_set_state(self, req: Request, reply: Reply) -> None:
-        cid = arg(req, "cardholder", int)
+        cid = _row_id(req, "cardholder")
         state = arg(req, "state", str)
         if state not in {s.value for s in CardholderState}:
             raise ProtocolError(
@@ -244,7 +310,7 @@ class Management:
     # -- credentials -----------------------------------------------------------------------
 
     async def _credential_add(self, req: Request, reply: Reply) -> None:
-        cid = arg(req, "cardholder", int)
+        cid = _row_id(req, "cardholder")
         try:
             card = parse_card(arg(req, "card", str))
         except ValueError as exc:
@@ -275,7 +341,7 @@ class Management:
         await reply(ok(req.id, credential=credential_id, card=card.masked()))
 
     async def _credential_revoke(self, req: Request, reply: Reply) -> None:
-        credential_id = arg(req, "credential", int, required=False)
+        credential_id = _optional_row_id(req, "credential")
         card_text = arg(req, "card", str, required=False)
         if (credential_id is None) == (card_text is None):
             raise ProtocolError("'credential.revoke' needs exactly one of 'credential' or 'card'")
@@ -300,7 +366,7 @@ class Management:
         await reply(ok(req.id, revoked=True))
 
     async def _credential_list(self, req: Request, reply: Reply) -> None:
-        cid = arg(req, "cardholder", int, required=False)
+        cid = _optional_row_id(req, "cardholder")
         limit, after = _page(req, default_limit=1000)
         rows = await self._run(self.store.list_credentials, cid, after_id=after, limit=limit)
         await reply(ok(req.id, credentials=[credential_json(c) for c in rows]))
@@ -382,37 +448,24 @@ class Management:
         def progress(done: int, total: int) -> None:
             loop.call_soon_threadsafe(progress_q.put_nowait, (done, total))
 
+        # the import runs to its end and is journaled whatever happens to the client (it may
+        # go away, or this handler be cancelled): the job's outcome is not the client's
+        job = asyncio.ensure_future(self._import_job(upload, progress, self._source(req)))
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        job.add_done_callback(_retrieved)  # a client gone: its error is journaled, not lost
         await reply(ok(req.id, streaming=True))
-        job = asyncio.ensure_future(
-            asyncio.to_thread(
-                import_csv, self.store, upload.path, timezone=self.timezone, progress=progress
-            )
-        )
-        try:
-            while not job.done():
-                getter = asyncio.ensure_future(progress_q.get())
-                await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    done, total = getter.result()
-                    await reply({"progress": done, "total": total})
-                else:
-                    getter.cancel()
+        while not job.done():
+            getter = asyncio.ensure_future(progress_q.get())
             try:
-                report: ImportReport = job.result()
-            except StoreError as exc:  # the file as a whole: name it as the client knows it
-                raise CommandError(str(exc).replace(str(upload.path), upload.name)) from None
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                upload.path.unlink()
-        self.recorder.record(
-            "admin.import",
-            rows=report.rows,
-            committed=report.committed,
-            cardholders=report.cardholders,
-            credentials=report.credentials,
-            rejected=report.rejected_count,
-            source=self._source(req),
-        )
+                await asyncio.wait({job, getter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                done, total = getter.result()
+                await reply({"progress": done, "total": total})
+        report = job.result()  # raises the job's CommandError, if any
         await reply(
             {
                 "done": True,
@@ -425,6 +478,47 @@ class Management:
                 "elapsed_s": round(report.elapsed_s, 3),
             }
         )
+
+    async def _import_job(
+        self, upload: _Upload, progress: Callable[[int, int], None], source: str
+    ) -> ImportReport:
+        """Run one import to its end, journal its outcome (admin.import), delete the upload."""
+        try:
+            report: ImportReport = await asyncio.to_thread(
+                import_csv, self.store, upload.path, timezone=self.timezone, progress=progress
+            )
+        except StoreError as exc:  # the file as a whole: name it as the client knows it
+            message = str(exc).replace(str(upload.path), upload.name)
+            self.recorder.record(
+                "admin.import", name=upload.name, committed=False, error=message, source=source
+            )
+            raise CommandError(message) from None
+        except Exception as exc:
+            log.exception("import failed", name=upload.name)
+            self.recorder.record(
+                "admin.import",
+                name=upload.name,
+                committed=False,
+                error=f"internal error ({type(exc).__name__})",
+                source=source,
+            )
+            raise CommandError(
+                f"import of {upload.name} failed: internal error ({type(exc).__name__}); "
+                "nothing was imported; see the daemon log"
+            ) from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                upload.path.unlink()
+        self.recorder.record(
+            "admin.import",
+            rows=report.rows,
+            committed=report.committed,
+            cardholders=report.cardholders,
+            credentials=report.credentials,
+            rejected=report.rejected_count,
+            source=source,
+        )
+        return report
 
     async def _credential_export(self, req: Request, reply: Reply) -> None:
         self.upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -444,7 +538,7 @@ class Management:
 
     async def _access_level_add(self, req: Request, reply: Reply) -> None:
         name = arg(req, "name", str)
-        doors = arg(req, "doors", list)
+        doors = _strings(req, "doors")
         schedule = arg(req, "schedule", str, required=False, default="always")
         known = set(self.access.doors.door_names)
         unknown = [d for d in doors if d not in known]
@@ -481,7 +575,7 @@ class Management:
         await reply(ok(req.id))
 
     async def _access_level_grant(self, req: Request, reply: Reply) -> None:
-        cid = arg(req, "cardholder", int)
+        cid = _row_id(req, "cardholder")
         name = arg(req, "name", str)
         await self._run(self.store.grant_level, cid, name)
         self.recorder.record(
@@ -490,7 +584,7 @@ class Management:
         await reply(ok(req.id))
 
     async def _access_level_revoke(self, req: Request, reply: Reply) -> None:
-        cid = arg(req, "cardholder", int)
+        cid = _row_id(req, "cardholder")
         name = arg(req, "name", str)
         if not await self._run(self.store.revoke_level, cid, name):
             raise CommandError(f"cardholder {cid} does not have level {name!r}")
@@ -522,6 +616,12 @@ class Management:
             source=self._source(req),
         )
         await reply(ok(req.id, reader=reader, window_s=window))
+
+
+def _retrieved(job: asyncio.Future[Any]) -> None:
+    """Mark a job's exception as seen (it is journaled and answered where there is a client)."""
+    if not job.cancelled():
+        job.exception()
 
 
 def _append(path: Path, data: bytes) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -62,6 +63,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ROW_ID_MAX = 2**63 - 1  # the largest id the credential store can hold
+
+
+def _row_id(text: str) -> int:
+    """argparse type: a cardholder or credential id (1 .. 2**63-1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an id: {text!r}") from None
+    if not 1 <= value <= ROW_ID_MAX:
+        raise argparse.ArgumentTypeError(f"an id is from 1 to {ROW_ID_MAX} (got {text})")
+    return value
+
+
+def _after_id(text: str) -> int:
+    """argparse type: list ids above this one (0 .. 2**63-1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an id: {text!r}") from None
+    if not 0 <= value <= ROW_ID_MAX:
+        raise argparse.ArgumentTypeError(f"--after is from 0 to {ROW_ID_MAX} (got {text})")
+    return value
+
+
+def _moment(text: str) -> str:
+    """argparse type: a validity bound as the daemon reads it (a date, or a date-time)."""
+    stripped = text.strip()
+    try:
+        if len(stripped) == 10:
+            date.fromisoformat(stripped)
+        elif "T" in stripped or " " in stripped:
+            datetime.fromisoformat(stripped)
+        else:
+            raise ValueError(stripped)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM|Z] (got {text!r})"
+        ) from None
+    return stripped
+
+
 def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """cardholder, credential, access-level and reader commands."""
     ch = sub.add_parser("cardholder", help="manage cardholders", parents=[common])
@@ -74,36 +117,36 @@ def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     pin.add_argument("--pin-stdin", action="store_true", help="read the PIN from stdin")
     add.add_argument("--privilege", action="append", default=[], help="override, lockdown, ...")
     add.add_argument("--level", action="append", default=[], help="access level to grant")
-    add.add_argument("--valid-from", help="ISO-8601 date-time, e.g. 2026-12-01T08:00")
-    add.add_argument("--valid-until", help="ISO-8601 date-time")
+    add.add_argument("--valid-from", type=_moment, help="ISO-8601 date-time, e.g. 2026-12-01T08:00")
+    add.add_argument("--valid-until", type=_moment, help="ISO-8601 date or date-time")
     lst = chs.add_parser("list", help="list cardholders", parents=[common])
     lst.add_argument("--name", help="name contains")
     lst.add_argument("--limit", type=int, default=100, help="at most N rows (default 100)")
-    lst.add_argument("--after", type=int, default=0, help="ids above this (the next page)")
+    lst.add_argument("--after", type=_after_id, default=0, help="ids above this (the next page)")
     show = chs.add_parser("show", help="one cardholder with credentials", parents=[common])
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=_row_id)
     for action, text in (("disable", "disable"), ("enable", "re-enable")):
         p = chs.add_parser(action, help=f"{text} a cardholder", parents=[common])
-        p.add_argument("id", type=int)
+        p.add_argument("id", type=_row_id)
     st = chs.add_parser("set-state", help="active, disabled, lost or revoked", parents=[common])
-    st.add_argument("id", type=int)
+    st.add_argument("id", type=_row_id)
     st.add_argument("state", choices=["active", "disabled", "lost", "revoked"])
 
     cr = sub.add_parser("credential", help="manage credentials", parents=[common])
     crs = cr.add_subparsers(dest="action", metavar="ACTION")
     crs.required = True
     add = crs.add_parser("add", help="enrol a card for a cardholder", parents=[common])
-    add.add_argument("cardholder", type=int)
+    add.add_argument("cardholder", type=_row_id)
     add.add_argument("card", help="h10301:FC:NUM, h10304:FC:NUM, uid:HEX, number:DIGITS ...")
-    add.add_argument("--valid-from")
-    add.add_argument("--valid-until")
+    add.add_argument("--valid-from", type=_moment)
+    add.add_argument("--valid-until", type=_moment)
     rev = crs.add_parser("revoke", help="revoke a credential (immediate)", parents=[common])
-    rev.add_argument("id", type=int, nargs="?")
+    rev.add_argument("id", type=_row_id, nargs="?")
     rev.add_argument("--card", help="revoke by card instead of id")
     lst = crs.add_parser("list", help="list credentials (masked)", parents=[common])
-    lst.add_argument("--cardholder", type=int)
+    lst.add_argument("--cardholder", type=_row_id)
     lst.add_argument("--limit", type=int, default=1000, help="at most N rows (default 1000)")
-    lst.add_argument("--after", type=int, default=0, help="ids above this (the next page)")
+    lst.add_argument("--after", type=_after_id, default=0, help="ids above this (the next page)")
     imp = crs.add_parser("import", help="import a CSV, all or nothing", parents=[common])
     imp.add_argument("file", type=Path)
     exp = crs.add_parser("export", help="export cardholders and masked cards", parents=[common])
@@ -121,7 +164,7 @@ def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     rm.add_argument("name")
     for action in ("grant", "revoke"):
         p = lvs.add_parser(action, help=f"{action} a level to/from a cardholder", parents=[common])
-        p.add_argument("cardholder", type=int)
+        p.add_argument("cardholder", type=_row_id)
         p.add_argument("name")
 
     rd = sub.add_parser("reader", help="readers", parents=[common])

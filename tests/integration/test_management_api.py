@@ -1,0 +1,204 @@
+"""Management commands on bad input, and an import whose client goes away (in-process daemon)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import controller.api.management as management
+from controller.access.csvio import import_csv
+from controller.cli import wardctl
+from tests.integration.conftest import ApiConnection
+from tests.integration.test_access_service import Rig, rig, wait_for
+
+BIG = 2**63  # one above the largest SQLite integer
+
+GARBAGE: list[tuple[str, dict[str, Any], str]] = [
+    ("cardholder.add", {"name": "A", "privileges": [["override"]]}, "'privileges'"),
+    ("cardholder.add", {"name": "A", "levels": [7]}, "'levels'"),
+    ("cardholder.add", {"name": "\ud800"}, "'name'"),
+    ("cardholder.add", {"name": "A", "valid_until": "9999-13-31"}, "'valid_until'"),
+    ("access-level.add", {"name": "lv", "doors": [{"d": 1}]}, "'doors'"),
+    ("credential.revoke", {"credential": 10**30}, "'credential'"),
+    ("credential.revoke", {"credential": 0}, "'credential'"),
+    ("cardholder.show", {"cardholder": BIG}, "'cardholder'"),
+    ("cardholder.set-state", {"cardholder": BIG, "state": "revoked"}, "'cardholder'"),
+    ("credential.add", {"cardholder": BIG, "card": "h10301:1:1"}, "'cardholder'"),
+    ("credential.list", {"cardholder": -1}, "'cardholder'"),
+    ("cardholder.list", {"after": BIG}, "after"),
+    ("access-level.grant", {"cardholder": BIG, "name": "x"}, "'cardholder'"),
+    ("access-level.revoke", {"cardholder": BIG, "name": "x"}, "'cardholder'"),
+]
+
+
+@pytest.mark.parametrize(("cmd", "args", "names"), GARBAGE, ids=[f"{c}-{a}" for c, a, _ in GARBAGE])
+async def test_bad_arguments_get_an_error_naming_them_and_the_connection_stays(
+    tmp_path: Path, cmd: str, args: dict[str, Any], names: str
+) -> None:
+    async with rig(tmp_path) as r, await ApiConnection.open(socket_of(r)) as conn:
+        reply = await conn.call(cmd, **args)
+        assert reply["ok"] is False, reply
+        assert names in reply["error"], reply
+        assert (await conn.call("ping"))["ok"] is True  # the same connection still serves
+        assert r.store.counts()["cardholders"] == 0
+
+
+async def test_a_lone_surrogate_in_an_import_chunk_is_refused(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r, await ApiConnection.open(socket_of(r)) as conn:
+        token = (await conn.call("credential.import.begin"))["upload"]
+        reply = await conn.call("credential.import.chunk", upload=token, data="name\n\ud800\n")
+        assert reply["ok"] is False, reply
+        assert "'data'" in reply["error"], reply
+        assert (await conn.call("credential.import.abort", upload=token))["ok"] is True
+
+
+async def test_an_unexpected_failure_is_an_error_reply_not_a_dropped_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with rig(tmp_path) as r, await ApiConnection.open(socket_of(r)) as conn:
+
+        def broken(*args: Any, **kw: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(r.store, "find_cardholders", broken)
+        reply = await conn.call("cardholder.list")
+        assert reply["ok"] is False, reply
+        assert "internal error (RuntimeError)" in reply["error"]
+        assert (await conn.call("ping"))["ok"] is True
+
+
+async def test_valid_until_the_last_date_there_is(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r, await ApiConnection.open(socket_of(r)) as conn:
+        reply = await conn.call("cardholder.add", name="Forever", valid_until="9999-12-31")
+        assert reply["ok"] is True, reply
+        cid = reply["cardholder"]
+        shown = await conn.call("cardholder.show", cardholder=cid)
+        until = datetime.fromisoformat(shown["cardholder"]["valid_until"])
+        assert (until.year, until.month, until.day, until.hour) == (9999, 12, 31, 23)
+        reply = await conn.call(
+            "credential.add", cardholder=cid, card="h10301:1:1", valid_until="9999-12-31"
+        )
+        assert reply["ok"] is True, reply
+        r.store.add_level("front", ("tcp1-d0",))
+        r.store.grant_level(cid, "front")
+        r.card("r1", "h10301:1:1")
+        assert (await r.reasons())[-1] == "granted"
+
+
+def test_csv_import_takes_the_last_date_and_rejects_bad_ones_by_line(tmp_path: Path) -> None:
+    from controller.access.store import CredentialStore
+
+    store = CredentialStore.open(tmp_path / "c.db", b"k" * 32)
+    try:
+        good = tmp_path / "good.csv"
+        good.write_text(
+            "name,card,valid_until\nAnn,h10301:2:2,2030-01-01\nBob,h10301:2:3,9999-12-31\n"
+        )
+        assert import_csv(store, good).committed
+        bad = tmp_path / "bad.csv"
+        bad.write_text(
+            "name,card,valid_until\nCy,h10301:2:4,9999-12-32\nDi,h10301:2:5,10000-01-01\n"
+        )
+        report = import_csv(store, bad)
+        assert not report.committed
+        assert [(x.line, x.reason.split(" '")[0]) for x in report.rejected] == [
+            (2, "bad valid_until"),
+            (3, "bad valid_until"),
+        ]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cardholder", "show", str(BIG)],
+        ["cardholder", "show", "0"],
+        ["credential", "revoke", str(10**30)],
+        ["credential", "add", "1", "h10301:1:1", "--valid-until", "9999-13-31"],
+        ["cardholder", "add", "X", "--valid-from", "tomorrow"],
+        ["cardholder", "list", "--after", "-1"],
+        ["access-level", "grant", str(BIG), "front"],
+    ],
+)
+def test_wardctl_usage_errors_exit_2_with_a_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        wardctl.main([*argv, "--socket", "/nonexistent/control.sock"])
+    assert exited.value.code == wardctl.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "error: argument" in err
+    assert "Traceback" not in err
+
+
+# -- an import whose client goes away -----------------------------------------------------------
+
+
+async def test_an_import_finished_after_the_client_left_is_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def slow_import(*args: Any, **kw: Any) -> Any:
+        assert release.wait(10)
+        return import_csv(*args, **kw)
+
+    monkeypatch.setattr(management, "import_csv", slow_import)
+    async with rig(tmp_path) as r:
+        conn = await ApiConnection.open(socket_of(r))
+        token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
+        data = "name,card\n" + "".join(f"P{i},h10301:9:{i}\n" for i in range(50))
+        assert (await conn.call("credential.import.chunk", upload=token, data=data))["ok"]
+        await conn.send("credential.import.commit", upload=token)
+        assert (await conn.read())["streaming"] is True
+        conn.close()  # the operator hits Ctrl-C in wardctl
+        await asyncio.sleep(0.2)  # the daemon notices the client is gone
+        release.set()
+        await wait_for(lambda: r.store.counts()["cardholders"] == 50)
+        await wait_for_entries(r, "admin.import")
+        (entry,) = await r.entries("admin.import")
+        assert (entry["committed"], entry["cardholders"], entry["rows"]) == (True, 50, 50)
+        uploads = r.daemon.settings.credentials_db.parent / "uploads"
+        assert list(uploads.glob("import-*")) == []  # the file (cards in clear) is gone
+
+
+async def test_a_refused_import_after_the_client_left_is_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def slow_import(*args: Any, **kw: Any) -> Any:
+        assert release.wait(10)
+        return import_csv(*args, **kw)
+
+    monkeypatch.setattr(management, "import_csv", slow_import)
+    async with rig(tmp_path) as r:
+        conn = await ApiConnection.open(socket_of(r))
+        token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
+        assert (await conn.call("credential.import.chunk", upload=token, data="badge\n1\n"))["ok"]
+        await conn.send("credential.import.commit", upload=token)
+        assert (await conn.read())["streaming"] is True
+        conn.close()
+        await asyncio.sleep(0.2)
+        release.set()
+        await wait_for_entries(r, "admin.import")
+        (entry,) = await r.entries("admin.import")
+        assert entry["committed"] is False
+        assert entry["error"].startswith("people.csv line 1: unknown column")
+
+
+async def wait_for_entries(r: Rig, kind: str, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await r.entries(kind):
+        assert asyncio.get_running_loop().time() < deadline, f"no {kind} journaled"
+        await asyncio.sleep(0.05)
+
+
+def socket_of(r: Rig) -> Path:
+    return r.daemon.settings.controller.socket
