@@ -66,6 +66,7 @@ class Fault(StrEnum):
 
     LINK = "link"  # board offline, timeouts, exception responses
     RELAY = "relay"  # readback disagrees with the command (stuck or overridden relay)
+    INPUT = "input"  # the board with the door's contact/REX/tamper (not its relay) is offline
 
 
 FAIL_SECURE = "fail-secure"
@@ -216,6 +217,15 @@ class LinkChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class InputsLinkChanged:
+    """The link of the board with some of the door's inputs, not its relay, went up or down."""
+
+    up: bool
+    now: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Time passes (pulse expiry, held-open timer, relay-fault probe)."""
 
@@ -223,7 +233,15 @@ class Tick:
 
 
 DoorEvent = (
-    Command | ContactChanged | RexChanged | TamperChanged | RelayRead | LinkChanged | Tick | Hold
+    Command
+    | ContactChanged
+    | RexChanged
+    | TamperChanged
+    | RelayRead
+    | LinkChanged
+    | InputsLinkChanged
+    | Tick
+    | Hold
 )
 
 
@@ -332,6 +350,8 @@ def transition(
             return _relay(spec, state, event, effects)
         case LinkChanged():
             return _link(state, event, effects)
+        case InputsLinkChanged():
+            return _inputs_link(state, event, effects)
         case Tick():
             return _tick(spec, state, event, effects)
     raise TypeError(f"not a door event: {event!r}")
@@ -519,6 +539,28 @@ def _link(state: DoorState, event: LinkChanged, effects: list[Record]) -> DoorSt
         fault_detail=event.reason,
         contact=Contact.UNKNOWN,
         opened_at=None,
+    )
+
+
+def _inputs_link(state: DoorState, event: InputsLinkChanged, effects: list[Record]) -> DoorState:
+    if event.up:
+        if Fault.INPUT not in state.faults:
+            return state
+        effects.append(_alarm("fault", False, fault=Fault.INPUT.value))
+        faults = state.faults - {Fault.INPUT}
+        return _evolve(state, faults=faults, fault_detail=state.fault_detail if faults else "")
+    if Fault.INPUT in state.faults:
+        return state
+    # the door cannot be supervised: its contact is unknown (never trusted stale: a door
+    # propped open meanwhile must not count as closed) and a REX press is not assumed held
+    effects.append(_alarm("fault", True, fault=Fault.INPUT.value, detail=event.reason))
+    return _evolve(
+        state,
+        faults=state.faults | {Fault.INPUT},
+        fault_detail=event.reason or "input board offline",
+        contact=Contact.UNKNOWN,
+        opened_at=None,
+        rex=False,
     )
 
 

@@ -26,6 +26,7 @@ from controller.doors.machine import (
     DoorSpec,
     DoorState,
     Hold,
+    InputsLinkChanged,
     LinkChanged,
     Phase,
     Record,
@@ -186,6 +187,9 @@ class DoorService:
         self._settle_timer: asyncio.TimerHandle | None = None
         self._input_listeners: dict[tuple[str, int], Callable[[bool, float], None]] = {}
         self._readback_at: dict[str, float] = {}  # door -> when a readback last arrived
+        # doors with inputs on a board that does not carry their relay: that board's link
+        # supervises their inputs only (InputsLinkChanged)
+        self._inputs_only_on: dict[str, list[_Door]] = {}
         for d in settings.doors:
             door = _Door(d, spec_from_settings(d))
             self._doors[d.name] = door
@@ -195,6 +199,9 @@ class DoorService:
                 ref: InputRef | None = getattr(d, role)
                 if ref is not None:
                     self._by_input[(ref.board, ref.input)] = (door, role, ref)
+                    others = self._inputs_only_on.setdefault(ref.board, [])
+                    if ref.board != d.relay.board and door not in others:
+                        others.append(door)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -311,6 +318,9 @@ class DoorService:
                     return  # shutting down: drivers closing is not a door fault
                 for _, door in self._coils_of.get(board, ()):
                     self._apply(door, LinkChanged(up, now, reason))
+                for door in self._inputs_only_on.get(board, ()):
+                    detail = f"input board {board}: {reason}" if reason else f"input board {board}"
+                    self._apply(door, InputsLinkChanged(up, now, detail))
             case DeviceFault(device=board, kind=kind, detail=detail):
                 self._board_faults[board] = detail
                 self._record("board.fault", device=board, fault=kind, detail=detail)

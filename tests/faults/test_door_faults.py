@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -498,3 +499,42 @@ async def test_a_poll_never_ends_the_probe_of_a_welded_relay(tmp_path: Path) -> 
         board.delay_s = 0.0
         board.stuck_coil(0, None)  # repaired: the next probe clears the fault
         await wait_for(lambda: s.door("tcp1-d0")["faults"] == [])
+
+
+async def test_a_door_whose_contact_board_is_away_is_a_fault_not_secured(tmp_path: Path) -> None:
+    dock = "\n".join(
+        [
+            "",
+            "[[doors]]",
+            'name = "dock"',
+            'lock = "fail-secure"',
+            'relay = { board = "tcp1", coil = 4 }',
+            'contact = { board = "rtu1", input = 10 }',
+            "",
+        ]
+    )
+    async with site(tmp_path, extra_door=dock) as s:
+        await wait_for(lambda: s.door("dock")["contact"] == "closed")
+        runner = s.daemon.lockdown
+        assert runner is not None
+
+        def verified() -> dict[str, Any]:
+            return dict(runner.status()["doors"])
+
+        await runner.submit(StartLockdown(SITE, Trigger("operator", "test", "api"), time.time()))
+        await wait_for(lambda: verified()["confirmed"] == verified()["total"] == 5)
+        await s.sim.board("rtu1").set_offline(True)  # the I/O board with the dock's contact
+        await wait_for(lambda: "input" in s.door("dock")["faults"])  # type: ignore[operator]
+        assert s.door("dock")["contact"] == "unknown"
+        assert s.door("dock")["lock"] == "locked"  # its relay board is fine: still locked
+        await wait_for(lambda: "dock" in verified()["failed"])
+        await s.sim.board("rtu1").set_offline(False)
+        await wait_for(lambda: s.door("dock")["faults"] == [])
+        assert s.door("dock")["contact"] == "closed"
+        await wait_for(lambda: verified()["confirmed"] == verified()["total"] == 5)
+        alarms = [
+            (d["fault"], d["active"])
+            for k, n, d in await s.kinds()
+            if (k, n) == ("door.alarm", "dock") and d["alarm"] == "fault"
+        ]
+        assert alarms == [("input", True), ("input", False)]

@@ -35,6 +35,7 @@ from controller.doors.machine import (
     DoorState,
     Fault,
     Hold,
+    InputsLinkChanged,
     Intent,
     LinkChanged,
     Phase,
@@ -801,6 +802,29 @@ def test_rex_releases_a_held_egress_door_despite_a_relay_fault(lock: str) -> Non
     assert door.desired is spec.relay_for(False)
 
 
+@pytest.mark.parametrize("lock", LOCKS)
+def test_losing_the_input_board_faults_the_door_and_forgets_its_contact(lock: str) -> None:
+    spec = make_spec(lock)
+    door = online(spec)
+    door.feed(ContactChanged(True, 1.0))  # forced open, seen by the input board
+    assert door.phase() is Phase.FORCED_OPEN
+    relay = door.desired
+    effects = door.feed(InputsLinkChanged(False, 2.0, "input board io2: timeout"))
+    assert alarms(effects) == [
+        {"alarm": "fault", "active": True, "fault": "input", "detail": "input board io2: timeout"}
+    ]
+    assert door.phase() is Phase.FAULT
+    assert door.state.contact.value == "unknown"  # (by value: mypy keeps the narrowed enum)
+    assert door.desired is relay  # the relay command does not change
+    assert door.feed(InputsLinkChanged(False, 2.5, "again")) == []  # one edge only
+    # back: read afresh (the door was closed meanwhile), then the link reports up
+    door.feed(ContactChanged(False, 3.0))
+    effects = door.feed(InputsLinkChanged(True, 3.0))
+    assert alarms(effects)[0] == {"alarm": "fault", "active": False, "fault": "input"}
+    assert door.phase() is Phase.LOCKED
+    assert door.state.contact is Contact.CLOSED
+
+
 def test_next_deadline_is_the_earliest_of_pulse_held_open_and_retry() -> None:
     spec = make_spec(FAIL_SECURE, pulse_s=50.0, held_open_s=30.0, fault_retry_s=10.0)
     door = online(spec)
@@ -854,7 +878,7 @@ def test_no_input_link_or_relay_sequence_releases_a_fail_secure_door(
 # --------------------------------------------------------------------------- stateful model
 
 
-ALARM_KEYS = ("tamper", "forced-open", "held-open", "fault:link", "fault:relay")
+ALARM_KEYS = ("tamper", "forced-open", "held-open", "fault:link", "fault:relay", "fault:input")
 
 
 @dataclass
@@ -867,6 +891,7 @@ class Model:
     rex: bool = False
     contact: Contact = Contact.UNKNOWN
     link_up: bool = False
+    inputs_down: bool = False
     active: dict[str, bool] = field(default_factory=lambda: dict.fromkeys(ALARM_KEYS, False))
 
     def start_pulse(self, until: float) -> None:
@@ -912,6 +937,11 @@ class Model:
                 if self.link_up and not up:
                     self.contact = Contact.UNKNOWN
                 self.link_up = up
+            case InputsLinkChanged(up=up):
+                if not up and not self.inputs_down:
+                    self.contact = Contact.UNKNOWN
+                    self.rex = False
+                self.inputs_down = not up
             case Tick(now=now):
                 if self.pulse_until is not None and now >= self.pulse_until:
                     self.end_pulse()
@@ -1001,6 +1031,7 @@ class DoorMachineTest(RuleBasedStateMachine):
         assert model.active["held-open"] is after.held
         assert model.active["fault:relay"] is (Fault.RELAY in after.faults)
         assert model.active["fault:link"] is (Fault.LINK in after.faults and after.seen_up)
+        assert model.active["fault:input"] is (Fault.INPUT in after.faults) is model.inputs_down
 
         # (d) forced-open is raised exactly for an unauthorised opening
         raised = [r for r in effects if r.kind == "door.alarm" and r.data["active"] is True]
@@ -1114,6 +1145,11 @@ class DoorMachineTest(RuleBasedStateMachine):
     def link(self, dt: float, up: bool, reason: str) -> None:
         self.now += dt
         self.apply(LinkChanged(up, self.now, reason))
+
+    @rule(dt=DT, up=st.booleans(), reason=st.sampled_from(["", "input board io2: timeout"]))
+    def inputs_link(self, dt: float, up: bool, reason: str) -> None:
+        self.now += dt
+        self.apply(InputsLinkChanged(up, self.now, reason))
 
     @rule(dt=DT, energised=st.booleans(), mismatched=st.booleans())
     def relay_read_any(self, dt: float, energised: bool, mismatched: bool) -> None:
