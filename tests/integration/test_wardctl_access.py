@@ -328,8 +328,10 @@ async def test_cardholder_add_refusals_leave_nothing_behind(rig: Rig) -> None:
     assert error.startswith("wardctl: unknown privilege 'root'; expected override"), error
     error = await rig.refused("cardholder", "add", "Mallory", "--level", "front", "--level", "x9")
     assert error == "wardctl: no access level 'x9'"
-    error = await rig.refused("cardholder", "add", "Mallory", "--valid-from", "next monday")
-    assert "'valid_from' must be an ISO-8601 date or date-time" in error, error
+    # a malformed date is a usage error: wardctl says so itself (exit 2), nothing is sent
+    res = await rig.ctl("cardholder", "add", "Mallory", "--valid-from", "next monday")
+    assert res.rc == 2, res
+    assert "argument --valid-from: expected YYYY-MM-DD" in res.stderr, res
     error = await rig.refused(
         "cardholder", "add", "Mallory", "--valid-from", "2030-01-02", "--valid-until", "2030-01-01"
     )
