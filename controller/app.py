@@ -181,7 +181,7 @@ class Daemon:
             level_mode=runner.level_mode,
             on_gesture=runner.on_gesture,
             on_duress=runner.on_duress,
-            incident_of=runner.incident_for,
+            incidents_of=runner.incidents_for,
         )
         self.lockdown_api = LockdownApi(
             runner, self.store, self.journal, frozenset(d.zone for d in self.settings.doors)

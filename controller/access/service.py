@@ -141,7 +141,8 @@ class AccessService:
     # (cardholder, reader, kind) with kind "lockdown" or "all-clear": the '*' gesture
     on_gesture: Callable[[Cardholder, str, str], None] | None = None
     on_duress: Callable[[Cardholder | None, str], None] | None = None
-    incident_of: Callable[[str], dict[str, Any]] = lambda zone: {}
+    # every incident holding a zone (its zone's and the site's), for the records they share
+    incidents_of: Callable[[str], list[dict[str, Any]]] = lambda zone: []
     _state: AccessState = field(default_factory=AccessState)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -425,6 +426,9 @@ class AccessService:
             log.error("PIN check failed", error=str(exc))
             self._gesture_refused(info, f"store: {exc}", gesture=kind, holder=holder, count=False)
             return
+        if check is PinCheck.DURESS:
+            self._gesture_duress(info, kind, holder)
+            return
         if check is not PinCheck.OK:
             self._gesture_refused(info, "wrong PIN", gesture=kind, holder=holder)
             return
@@ -441,6 +445,32 @@ class AccessService:
         )
         self._indicate(name, Indication.LOCKDOWN if kind == "lockdown" else Indication.GRANTED)
         if self.on_gesture is not None:
+            self.on_gesture(holder, name, kind)
+
+    def _gesture_duress(self, info: ReaderInfo, kind: str, holder: Cardholder) -> None:
+        """A duress PIN in a gesture: the silent alarm; an all-clear never counts.
+
+        The reader shows what an accepted gesture shows, so whoever forces the person sees
+        nothing; a lockdown gesture still starts the lockdown (nobody forces one to hide).
+        """
+        name = info.settings.name
+        self.recorder.record(
+            "access.gesture",
+            device=name,
+            step="refused" if kind != "lockdown" else "accepted",
+            gesture=kind,
+            reason="duress PIN",
+            cardholder_id=holder.id,
+            cardholder=holder.name,
+        )
+        self.recorder.record(
+            "access.alarm", alarm="duress", reader=name, cardholder_id=holder.id, gesture=kind
+        )
+        log.warning("access alarm", alarm="duress", reader=name, gesture=kind)
+        if self.on_duress is not None:
+            self.on_duress(holder, name)
+        self._indicate(name, Indication.LOCKDOWN if kind == "lockdown" else Indication.GRANTED)
+        if kind == "lockdown" and self.on_gesture is not None:
             self.on_gesture(holder, name, kind)
 
     def _gesture_refused(
@@ -559,14 +589,16 @@ class AccessService:
             )
             log.warning("access alarm", door=decision.door, alarm=alarm, reader=request.reader)
         if decision.reason is Reason.GRANTED_OVERRIDE:
-            self.recorder.record(
-                "lockdown.override",
-                door=decision.door,
-                reader=request.reader,
-                cardholder_id=decision.cardholder_id,
-                cardholder=holder.name if holder is not None else None,
-                **self.incident_of(request.door.zone),
-            )
+            # one record per incident holding the door: each incident's report lists it
+            for incident in self.incidents_of(request.door.zone) or [{}]:
+                self.recorder.record(
+                    "lockdown.override",
+                    door=decision.door,
+                    reader=request.reader,
+                    cardholder_id=decision.cardholder_id,
+                    cardholder=holder.name if holder is not None else None,
+                    **incident,
+                )
         if decision.granted:
             info.grants += 1
             self._grant(request.reader, decision)

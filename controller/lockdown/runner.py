@@ -636,11 +636,6 @@ class LockdownRunner:
                 out.append({"incident": st.incident, "drill": st.drill})
         return out
 
-    def incident_for(self, zone: str) -> dict[str, Any]:
-        """The first incident holding ``zone`` (its zone's, else the site's); {} if none."""
-        incidents = self.incidents_for(zone)
-        return incidents[0] if incidents else {}
-
     def apply(self) -> None:
         """Hand every door its hold under the current state (start-up, after restore)."""
         self._apply([ApplyDoors()])

@@ -428,3 +428,41 @@ async def test_a_new_card_ends_a_pending_gesture(tmp_path: Path) -> None:
         assert await r.reasons() == ["pending-pin", "granted"]
         assert (await r.gestures())[-1] == ("abandoned", "a card was presented")
         assert not r.held()
+
+
+DURESS = """
+[access]
+duress = "last-digit-plus-one"
+"""
+
+
+async def test_a_duress_pin_in_a_gesture_raises_the_alarm_and_never_clears_a_lockdown(
+    tmp_path: Path,
+) -> None:
+    async with rig(tmp_path, DURESS) as r:
+        cid = r.enrol(
+            "Chief", "h10301:6:666", ("tcp1-d0",), pin="2468", privileges=["lockdown", "all-clear"]
+        )
+        r.gesture("r1", "h10301:6:666", "2469")  # the duress PIN: a lockdown all the same
+        await wait_for(r.held)
+        r.shown.clear()
+        r.gesture("r1", "h10301:6:666", "2469")  # forced to all-clear: it must not count
+        await asyncio.sleep(0.1)
+        assert r.held()
+        assert r.daemon.lockdown is not None
+        assert r.daemon.lockdown.status()["scopes"]["site"]["mode"] == "lockdown"
+        # the reader shows what an accepted all-clear shows: nothing for the attacker to see
+        assert ("r1", Indication.GRANTED) in r.shown
+        alarms = await r.entries("access.alarm")
+        assert [(a["alarm"], a["gesture"], a["cardholder_id"]) for a in alarms] == [
+            ("duress", "lockdown", cid),
+            ("duress", "all-clear", cid),
+        ]
+        assert await r.gestures() == [
+            ("armed", None),
+            ("card", None),
+            ("accepted", "duress PIN"),
+            ("armed", None),
+            ("card", None),
+            ("refused", "duress PIN"),
+        ]

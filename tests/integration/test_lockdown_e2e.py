@@ -550,6 +550,40 @@ async def test_zone_lockdown_all_clear_at_a_reader_clears_the_zone(rig: Rig) -> 
     assert not [e for e in await daemon.events(after) if e["kind"] == "lockdown.refused"]
 
 
+async def test_a_responder_entry_is_reported_by_every_incident_that_holds_the_door(
+    rig: Rig,
+) -> None:
+    daemon, site = rig.daemon, rig.site
+    res = await daemon.wardctl("lockdown", "start", "--zone", "default", "--reason", "zone")
+    assert res.rc == 0, res
+    zone_incident = (await lockdown_status(daemon))["scopes"]["default"]["incident"]
+    res = await daemon.wardctl("lockdown", "start", "--reason", "site")
+    assert res.rc == 0, res
+    site_incident = await incident_of(daemon)
+    assert site_incident != zone_incident
+    await wait_confirmed(daemon)
+
+    after = await rig.seq()
+    rig.badge("Rex")
+    await wait_decision(daemon, after, "granted-override")
+    door = site.sim.door("tcp1-d0")
+    await wait_for(lambda: not door.locked, 3.0, what="tcp1-d0 released for the responder")
+
+    async def both() -> list[dict[str, Any]]:
+        found = [
+            e
+            for e in await daemon.events(after)
+            if e["kind"] == "lockdown.override" and e["door"] == "tcp1-d0"
+        ]
+        return found if len(found) >= 2 else []
+
+    overrides = await wait_for(both, 5.0, what="an override record per incident")
+    assert sorted(e["data"]["incident"] for e in overrides) == sorted(
+        [zone_incident, site_incident]
+    )
+    await wait_for(lambda: door.locked, 5.0, what="tcp1-d0 relocked after the pulse")
+
+
 # -- 6. fire alarm ---------------------------------------------------------------------------
 
 
