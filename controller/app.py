@@ -183,6 +183,7 @@ class Daemon:
             on_duress=runner.on_duress,
             incidents_of=runner.incidents_for,
         )
+        runner.level_listeners.append(self.access.level_changed)  # free doors relock at once
         self.lockdown_api = LockdownApi(
             runner, self.store, self.journal, frozenset(d.zone for d in self.settings.doors)
         )

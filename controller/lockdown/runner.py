@@ -200,6 +200,8 @@ class LockdownRunner:
     _last_status: tuple[Any, ...] | None = None
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _incident_t0: dict[int | None, float] = field(default_factory=dict)  # hold began (mono)
+    # called when the threat level changes (the access service re-applies free schedules)
+    level_listeners: list[Callable[[], None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.path = self.settings.lockdown_state_file
@@ -317,6 +319,12 @@ class LockdownRunner:
         )
         releases = self._releases(before, self.state)
         self._record(effects)
+        if self.state.threat_level != before.threat_level:
+            for listener in self.level_listeners:
+                try:
+                    listener()
+                except Exception:  # a listener must never stop a lockdown
+                    log.exception("threat level listener failed")
         if self.state != before:
             if releases:
                 # releasing: durable first, then act (see the module header)

@@ -40,6 +40,7 @@ from controller.lockdown.model import (
     AllClear,
     FireAlarm,
     Mode,
+    SetThreatLevel,
     SiteState,
     StartEvacuation,
     StartLockdown,
@@ -671,3 +672,20 @@ async def test_a_zone_evacuation_during_a_site_lockdown_releases_no_held_door(ri
     await rig.run_for(0.05)
     assert board.coils[1] is not exit_locked  # the zone's evacuation now releases its exit
     assert board.coils[0] is rig.doors.spec("main").relay_for(False)  # not an egress door
+
+
+async def test_threat_level_listeners_hear_every_level_change_and_nothing_else(rig: Rig) -> None:
+    heard: list[int] = []
+    rig.runner.level_listeners.append(lambda: heard.append(rig.runner.state.threat_level))
+
+    def broken() -> None:
+        raise RuntimeError("a listener bug")
+
+    rig.runner.level_listeners.insert(0, broken)  # must not stop the others, nor the runner
+    now = rig.runner.wall()
+    await rig.runner.submit(SetThreatLevel(5, "test", now))
+    await rig.runner.submit(StartLockdown(SITE, Trigger("operator", "t", "api"), now))
+    await rig.runner.submit(SetThreatLevel(5, "test", now))  # the same level: no change
+    await rig.runner.submit(SetThreatLevel(0, "test", now))
+    assert heard == [5, 0]
+    assert rig.runner.state.scope(SITE).mode.value == "lockdown"
