@@ -342,7 +342,9 @@ class Daemon:
     async def _close(self) -> None:
         await self.server.stop_serving()
         if self.management is not None:
-            self.management.close()  # unfinished uploads hold card numbers and PINs in clear
+            # unfinished uploads hold card numbers and PINs in clear; a running import is
+            # called off (or ends) and journaled before the store and the journal close
+            await self.management.stop(timeout_s=min(1.0, self._remaining_s() / 3))
         if self.access is not None:
             await self.access.close()
         if self.lockdown is not None:

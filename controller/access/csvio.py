@@ -103,6 +103,10 @@ class ImportFileError(StoreError):
     """The file as a whole cannot be imported (unreadable, no header, unknown column...)."""
 
 
+class ImportCancelledError(StoreError):
+    """The import was called off before it committed (the daemon is stopping): nothing changed."""
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A rejected row: its line number in the file (the header is line 1) and why."""
@@ -168,11 +172,19 @@ def import_csv(
     progress: Progress | None = None,
     max_listed: int = _MAX_LISTED_DEFAULT,
     batch: int = _BATCH_DEFAULT,
+    cancelled: Callable[[], bool] | None = None,
 ) -> ImportReport:
     """Import cardholders from a CSV file, all or nothing; raise ImportFileError if unreadable.
 
     ``timezone`` is the site's: date-times without an offset are local times there.
+    ``cancelled`` is asked at every batch and before the commit; once it says yes the import
+    stops with ImportCancelledError and nothing is imported.
     """
+
+    def check() -> None:
+        if cancelled is not None and cancelled():
+            raise ImportCancelledError(f"import of {path} called off (the daemon is stopping)")
+
     zone = _zone(timezone)
     started = time.monotonic()
     total = _count_rows(path)
@@ -199,6 +211,7 @@ def import_csv(
             else:
                 pending.append(item)
             if len(pending) >= batch:
+                check()
                 bulk.add(pending)
                 pending.clear()
             if progress is not None and rows % batch == 0:
@@ -209,6 +222,7 @@ def import_csv(
         rejected_count += conflict_count - len(conflicts)
         committed = rejected_count == 0
         if committed:
+            check()  # the last moment to call it off: after this, it is imported
             bulk.commit()
         if progress is not None:
             progress(rows, rows)

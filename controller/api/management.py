@@ -167,6 +167,7 @@ class Management:
     upload_idle_s: float = UPLOAD_IDLE_S
     _uploads: dict[str, _Upload] = field(default_factory=dict)
     _jobs: set[asyncio.Future[ImportReport]] = field(default_factory=set)  # imports running
+    _stopping: bool = False  # the daemon is stopping: imports not yet committed are called off
 
     def __post_init__(self) -> None:
         # an upload of an earlier run (a client that went away, a crash) holds card numbers
@@ -415,6 +416,16 @@ class Management:
         for token in list(self._uploads):
             self._discard(token)
 
+    async def stop(self, timeout_s: float) -> None:
+        """Call off running imports (not yet committed: nothing imported), wait for their
+        ``admin.import`` records (up to ``timeout_s``), then ``close``."""
+        self._stopping = True
+        if self._jobs:
+            await asyncio.wait(set(self._jobs), timeout=timeout_s)
+        if self._jobs:
+            log.error("import still running at shutdown: its outcome may not be journaled")
+        self.close()
+
     def _upload(self, req: Request) -> tuple[str, _Upload]:
         token = arg(req, "upload", str)
         upload = self._uploads.get(token)
@@ -485,7 +496,12 @@ class Management:
         """Run one import to its end, journal its outcome (admin.import), delete the upload."""
         try:
             report: ImportReport = await asyncio.to_thread(
-                import_csv, self.store, upload.path, timezone=self.timezone, progress=progress
+                import_csv,
+                self.store,
+                upload.path,
+                timezone=self.timezone,
+                progress=progress,
+                cancelled=lambda: self._stopping,
             )
         except StoreError as exc:  # the file as a whole: name it as the client knows it
             message = str(exc).replace(str(upload.path), upload.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import controller.api.management as management
 from controller.access.csvio import import_csv
 from controller.cli import wardctl
+from controller.journal import Journal
 from tests.integration.conftest import ApiConnection
 from tests.integration.test_access_service import Rig, rig, wait_for
 
@@ -202,3 +204,40 @@ async def wait_for_entries(r: Rig, kind: str, timeout: float = 5.0) -> None:
 
 def socket_of(r: Rig) -> Path:
     return r.daemon.settings.controller.socket
+
+
+async def test_an_import_running_at_shutdown_is_called_off_and_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def slow_import(*args: Any, **kw: Any) -> Any:
+        assert release.wait(10)
+        return import_csv(*args, **kw)
+
+    monkeypatch.setattr(management, "import_csv", slow_import)
+    async with rig(tmp_path) as r:
+        journal_path = r.daemon.settings.controller.journal
+        db = r.daemon.settings.credentials_db
+        conn = await ApiConnection.open(socket_of(r))
+        token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
+        data = "name,card\n" + "".join(f"P{i},h10301:9:{i}\n" for i in range(50))
+        assert (await conn.call("credential.import.chunk", upload=token, data=data))["ok"]
+        await conn.send("credential.import.commit", upload=token)
+        assert (await conn.read())["streaming"] is True
+        r.daemon.shutdown.set()  # systemctl stop, mid-import
+        mgmt = r.daemon.management
+        assert mgmt is not None
+        await wait_for(lambda: mgmt._stopping)
+        release.set()
+        writer = r.daemon.journal
+        assert writer is not None
+        await wait_for(lambda: writer.closed, 10)
+        conn.close()
+    with Journal.open(journal_path) as journal:
+        imports = [e.data for e in journal.read(0, 10_000) if e.kind == "admin.import"]
+    assert len(imports) == 1
+    assert imports[0]["committed"] is False
+    assert "called off" in imports[0]["error"]
+    with sqlite3.connect(db) as con:  # all or nothing: nothing
+        assert con.execute("SELECT count(*) FROM cardholders").fetchone() == (0,)
