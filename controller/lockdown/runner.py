@@ -319,6 +319,8 @@ class LockdownRunner:
         )
         releases = self._releases(before, self.state)
         self._record(effects)
+        if isinstance(event, StartLockdown) and before.scope(event.scope).mode in HELD:
+            self._relock_held_unlocks(event.scope)
         if self.state.threat_level != before.threat_level:
             for listener in self.level_listeners:
                 try:
@@ -333,6 +335,23 @@ class LockdownRunner:
                 self._apply(effects)
                 self._spawn(self._persist())
         return effects
+
+    def _relock_held_unlocks(self, scope: str) -> None:
+        """A new trigger while ``scope`` is held: doors an override had left unlocked lock again.
+
+        A fresh trigger is fresh danger; responders still get in with their override cards.
+        Override pulses (a responder going through now) end by themselves and are left alone.
+        """
+        names = [
+            name
+            for name, zone in self.zone_of.items()
+            if scope in (SITE, zone)
+            and self.state.held(zone)
+            and self.doors.state(name).intent is Intent.UNLOCKED
+            and not self.doors.state(name).released
+        ]
+        if names:
+            self._spawn(self.doors.command_many(names, "lock", source="lockdown: new trigger"))
 
     def _spawn(self, coro: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.ensure_future(coro)

@@ -689,3 +689,19 @@ async def test_threat_level_listeners_hear_every_level_change_and_nothing_else(r
     await rig.runner.submit(SetThreatLevel(0, "test", now))
     assert heard == [5, 0]
     assert rig.runner.state.scope(SITE).mode.value == "lockdown"
+
+
+async def test_a_new_trigger_relocks_doors_an_override_left_unlocked(rig: Rig) -> None:
+    await rig.runner.submit(StartLockdown(SITE, PANIC, 1000.0))
+    await rig.until(lambda: confirmed(rig))
+    result = await rig.doors.command("main", "unlock", override=True, source="wardctl (override)")
+    assert result.confirmed, result
+    pulse = await rig.doors.command("exit", "pulse", override=True, duration_s=30, source="card")
+    assert pulse.confirmed, pulse
+    await rig.runner.submit(StartLockdown(SITE, OPERATOR, 1001.0))  # a second sighting
+    await rig.until(lambda: rig.doors.state("main").intent.value == "locked")
+    commands = rig.recorder.data("door.command", source="lockdown: new trigger")
+    assert [(c["action"], c.get("door"), c.get("doors")) for c in commands] == [
+        ("lock", "main", None)
+    ]
+    assert rig.doors.state("exit").intent.value == "pulse"  # a responder's pulse runs out itself
