@@ -53,6 +53,9 @@ Dispatcher = Callable[[Request, Reply], Awaitable[None]]
 CLIENT_CLOSE_S = 0.5
 """At shutdown, how long a client connection may take to close before it is dropped."""
 
+MAX_CLIENTS = 64
+"""Connections served at once; more are told so and closed (file descriptors stay for boards)."""
+
 
 class ControlServer:
     """Serve control requests on ``path`` through ``dispatch``."""
@@ -164,6 +167,12 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._clients) >= MAX_CLIENTS:
+            log.warning("control connection refused: too many", limit=MAX_CLIENTS)
+            with contextlib.suppress(OSError):
+                writer.write(encode(error(f"too many control connections ({MAX_CLIENTS})")))
+            writer.close()  # (one short line: the transport sends it, then closes)
+            return
         self._clients.add(task)
         PEER.set(_peer_name(writer))
 

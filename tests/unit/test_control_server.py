@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from controller.api.protocol import Request
-from controller.api.server import ControlServer, Reply
+from controller.api.server import MAX_CLIENTS, ControlServer, Reply
 from controller.errors import AlreadyRunningError, WardingError
 
 
@@ -83,4 +83,36 @@ async def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
         assert json.loads(line)["id"] == 7
         writer.close()
     finally:
+        await server.close()
+
+
+async def test_connections_beyond_the_limit_are_told_and_closed(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    server = ControlServer(path, _status)
+    await server.start()
+    serving = asyncio.create_task(server.serve())
+    held: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(MAX_CLIENTS):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(b'{"cmd":"status","id":1}\n')
+            assert json.loads(await asyncio.wait_for(reader.readline(), 5))["ok"] is True
+            held.append(writer)
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        refused = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        assert refused["ok"] is False
+        assert "too many control connections" in refused["error"]
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+        writer.close()
+        held.pop().close()  # one goes away: a new one is served again
+        await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(b'{"cmd":"status","id":2}\n')
+        assert json.loads(await asyncio.wait_for(reader.readline(), 5))["id"] == 2
+        writer.close()
+    finally:
+        for w in held:
+            w.close()
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
         await server.close()
