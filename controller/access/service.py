@@ -73,10 +73,16 @@ _STRICTNESS = {
 
 
 def stricter(mode: DoorMode, level_mode: str | None) -> DoorMode:
-    """The stricter of a door's own mode and the mode the threat level imposes."""
+    """The stricter of a door's own mode and the mode the threat level imposes.
+
+    A card and a PIN are different factors, neither stricter than the other: together they
+    need both (card+pin), so a raised level never drops the factor a door already asks for.
+    """
     if level_mode is None:
         return mode
     imposed = DoorMode(level_mode)
+    if {mode, imposed} == {DoorMode.CARD, DoorMode.PIN}:
+        return DoorMode.CARD_AND_PIN
     return imposed if _STRICTNESS[imposed] > _STRICTNESS[mode] else mode
 
 

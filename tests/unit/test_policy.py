@@ -50,6 +50,7 @@ from controller.access.policy import (
     effective_mode,
     schedule_covers,
 )
+from controller.access.service import stricter
 from controller.settings import AccessSettings
 
 TZ = ZoneInfo("Europe/Berlin")
@@ -1196,3 +1197,28 @@ def test_reason_table_in_docs_matches_the_code() -> None:
     assert set(rows) == {r.value for r in Reason}
     for reason in Reason:
         assert rows[reason.value] == (reason.granted, reason in COUNTED_DENIALS), reason
+
+
+_ORDER = ["free", "card", "pin", "card+pin", "two-person", "locked"]
+
+
+@given(
+    door=st.sampled_from(list(DoorMode)),
+    level=st.none() | st.sampled_from([m.value for m in DoorMode]),
+)
+def test_a_threat_level_never_drops_a_factor_a_door_asks_for(
+    door: DoorMode, level: str | None
+) -> None:
+    mode = stricter(door, level)
+    factors = {
+        DoorMode.CARD: {"card"},
+        DoorMode.PIN: {"pin"},
+        DoorMode.CARD_AND_PIN: {"card", "pin"},
+    }
+    # never weaker than either side, in the documented order
+    assert _ORDER.index(mode.value) >= _ORDER.index(door.value)
+    if level is not None:
+        assert _ORDER.index(mode.value) >= _ORDER.index(level)
+    # and a card door under a PIN level (or the reverse) needs both
+    if level is not None and door in factors and DoorMode(level) in factors:
+        assert factors[door] | factors[DoorMode(level)] <= factors.get(mode, {"card", "pin"})
