@@ -54,7 +54,12 @@ CLIENT_CLOSE_S = 0.5
 """At shutdown, how long a client connection may take to close before it is dropped."""
 
 MAX_CLIENTS = 64
-"""Connections served at once; more are told so and closed (file descriptors stay for boards)."""
+"""Connections served at once. Beyond them, up to as many again get one request each (so a
+technician's ``wardctl lockdown start`` always gets through idle or stuck connections), read
+within ONE_SHOT_READ_S; more still are told so and closed (file descriptors stay for boards)."""
+
+ONE_SHOT_READ_S = 5.0
+"""How long a connection beyond MAX_CLIENTS may take to send its one request."""
 
 
 class ControlServer:
@@ -68,6 +73,7 @@ class ControlServer:
         self._lock_fd: int | None = None
         self._bound = False
         self._clients: set[asyncio.Task[None]] = set()
+        self._one_shots = 0  # of _clients, those served beyond MAX_CLIENTS (one request each)
 
     def claim(self) -> None:
         """Take the lock file; raise AlreadyRunningError if another daemon holds it.
@@ -167,13 +173,16 @@ class ControlServer:
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= MAX_CLIENTS:
-            log.warning("control connection refused: too many", limit=MAX_CLIENTS)
+        one_shot = len(self._clients) - self._one_shots >= MAX_CLIENTS
+        if one_shot and self._one_shots >= MAX_CLIENTS:
+            log.warning("control connection refused: too many", limit=2 * MAX_CLIENTS)
             with contextlib.suppress(OSError):
-                writer.write(encode(error(f"too many control connections ({MAX_CLIENTS})")))
+                writer.write(encode(error(f"too many control connections ({2 * MAX_CLIENTS})")))
             writer.close()  # (one short line: the transport sends it, then closes)
             return
         self._clients.add(task)
+        self._one_shots += one_shot
+        deadline = asyncio.get_running_loop().time() + ONE_SHOT_READ_S
         PEER.set(_peer_name(writer))
 
         async def reply(obj: dict[str, object]) -> None:
@@ -183,7 +192,13 @@ class ControlServer:
         try:
             while True:
                 try:
-                    line = await reader.readuntil(b"\n")
+                    if one_shot:  # beyond the limit: one request, promptly, then goodbye
+                        left = deadline - asyncio.get_running_loop().time()
+                        line = await asyncio.wait_for(reader.readuntil(b"\n"), max(0.0, left))
+                    else:
+                        line = await reader.readuntil(b"\n")
+                except TimeoutError:
+                    break
                 except asyncio.IncompleteReadError as exc:
                     if exc.partial.strip():
                         await reply(error("request must end with a newline"))
@@ -205,6 +220,8 @@ class ControlServer:
                     await reply(error(str(exc), req.id))
                 except WardingError as exc:
                     await reply(error(str(exc), req.id))
+                if one_shot:
+                    break
         except ConnectionError:
             pass
         except asyncio.CancelledError:
@@ -215,6 +232,7 @@ class ControlServer:
             log.exception("control client handler failed")
         finally:
             self._clients.discard(task)
+            self._one_shots -= one_shot
             writer.close()
             closed = False
             try:

@@ -7,9 +7,11 @@ import contextlib
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import controller.api.server as server_mod
 from controller.api.protocol import Request
 from controller.api.server import MAX_CLIENTS, ControlServer, Reply
 from controller.errors import AlreadyRunningError, WardingError
@@ -86,30 +88,44 @@ async def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
         await server.close()
 
 
-async def test_connections_beyond_the_limit_are_told_and_closed(tmp_path: Path) -> None:
+async def test_beyond_the_limit_one_request_still_gets_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_mod, "ONE_SHOT_READ_S", 0.3)
     path = tmp_path / "control.sock"
     server = ControlServer(path, _status)
     await server.start()
     serving = asyncio.create_task(server.serve())
     held: list[asyncio.StreamWriter] = []
+
+    async def call(req_id: int) -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(json.dumps({"cmd": "status", "id": req_id}).encode() + b"\n")
+        reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # one request, then closed
+        writer.close()
+        return dict(reply)
+
     try:
-        for _ in range(MAX_CLIENTS):
-            reader, writer = await asyncio.open_unix_connection(str(path))
-            writer.write(b'{"cmd":"status","id":1}\n')
-            assert json.loads(await asyncio.wait_for(reader.readline(), 5))["ok"] is True
+        for _ in range(MAX_CLIENTS):  # idle connections that never go away
+            _, writer = await asyncio.open_unix_connection(str(path))
             held.append(writer)
+        await asyncio.sleep(0.05)
+        # an operator's one-off command still gets through, answered then closed
+        assert (await call(7))["id"] == 7
+        # as many again that send nothing: held at most ONE_SHOT_READ_S, then closed
+        silent = [await asyncio.open_unix_connection(str(path)) for _ in range(MAX_CLIENTS)]
+        await asyncio.sleep(0.05)
         reader, writer = await asyncio.open_unix_connection(str(path))
         refused = json.loads(await asyncio.wait_for(reader.readline(), 5))
         assert refused["ok"] is False
         assert "too many control connections" in refused["error"]
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
         writer.close()
-        held.pop().close()  # one goes away: a new one is served again
-        await asyncio.sleep(0.05)
-        reader, writer = await asyncio.open_unix_connection(str(path))
-        writer.write(b'{"cmd":"status","id":2}\n')
-        assert json.loads(await asyncio.wait_for(reader.readline(), 5))["id"] == 2
-        writer.close()
+        for r, _ in silent:
+            assert await asyncio.wait_for(r.read(), 5) == b""  # timed out and closed
+        for _, w in silent:
+            w.close()
+        assert (await call(8))["id"] == 8  # a slot is free again
     finally:
         for w in held:
             w.close()
