@@ -433,7 +433,7 @@ class AccessService:
             self._gesture_refused(info, f"store: {exc}", gesture=kind, holder=holder, count=False)
             return
         if check is PinCheck.DURESS:
-            self._gesture_duress(info, kind, holder)
+            self._gesture_duress(info, kind, holder, privileged=needed in holder.privileges)
             return
         if check is not PinCheck.OK:
             self._gesture_refused(info, "wrong PIN", gesture=kind, holder=holder)
@@ -453,19 +453,23 @@ class AccessService:
         if self.on_gesture is not None:
             self.on_gesture(holder, name, kind)
 
-    def _gesture_duress(self, info: ReaderInfo, kind: str, holder: Cardholder) -> None:
+    def _gesture_duress(
+        self, info: ReaderInfo, kind: str, holder: Cardholder, *, privileged: bool
+    ) -> None:
         """A duress PIN in a gesture: the silent alarm; an all-clear never counts.
 
         The reader shows what an accepted gesture shows, so whoever forces the person sees
-        nothing; a lockdown gesture still starts the lockdown (nobody forces one to hide).
+        nothing. A lockdown gesture by someone with the lockdown privilege still starts the
+        lockdown (nobody forces one to hide); without the privilege it does not.
         """
         name = info.settings.name
+        starts = kind == "lockdown" and privileged
         self.recorder.record(
             "access.gesture",
             device=name,
-            step="refused" if kind != "lockdown" else "accepted",
+            step="accepted" if starts else "refused",
             gesture=kind,
-            reason="duress PIN",
+            reason="duress PIN" if privileged else f"duress PIN; no {kind} privilege",
             cardholder_id=holder.id,
             cardholder=holder.name,
         )
@@ -476,7 +480,7 @@ class AccessService:
         if self.on_duress is not None:
             self.on_duress(holder, name)
         self._indicate(name, Indication.LOCKDOWN if kind == "lockdown" else Indication.GRANTED)
-        if kind == "lockdown" and self.on_gesture is not None:
+        if starts and self.on_gesture is not None:
             self.on_gesture(holder, name, kind)
 
     def _gesture_refused(

@@ -466,3 +466,15 @@ async def test_a_duress_pin_in_a_gesture_raises_the_alarm_and_never_clears_a_loc
             ("card", None),
             ("refused", "duress PIN"),
         ]
+
+
+async def test_a_duress_pin_never_lends_the_lockdown_privilege(tmp_path: Path) -> None:
+    async with rig(tmp_path, DURESS) as r:
+        cid = r.enrol("Plain", "h10301:6:665", ("tcp1-d0",), pin="2468")
+        r.gesture("r1", "h10301:6:665", "2469")  # duress PIN, no lockdown privilege
+        await asyncio.sleep(0.1)
+        assert not r.held()
+        assert ("r1", Indication.LOCKDOWN) in r.shown  # looks the same to an attacker
+        alarms = await r.entries("access.alarm")
+        assert [(a["alarm"], a["cardholder_id"]) for a in alarms] == [("duress", cid)]
+        assert (await r.gestures())[-1] == ("refused", "duress PIN; no lockdown privilege")
