@@ -218,11 +218,17 @@ class LinkChanged:
 
 @dataclass(frozen=True, slots=True)
 class InputsLinkChanged:
-    """The link of the board with some of the door's inputs, not its relay, went up or down."""
+    """The link of the board with some of the door's inputs, not its relay, went up or down.
+
+    ``contact`` / ``rex``: whether the door's contact / REX input is on that board (what is
+    on it is no longer known while it is down).
+    """
 
     up: bool
     now: float
     reason: str = ""
+    contact: bool = True
+    rex: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,8 +518,20 @@ def _relay(spec: DoorSpec, state: DoorState, event: RelayRead, effects: list[Rec
         state.probing or event.energised == spec.relay_for(state.intent is not Intent.LOCKED)
     ):
         effects.append(_alarm("fault", False, fault=Fault.RELAY.value))
-        return _evolve(state, faults=state.faults - {Fault.RELAY}, probing=False, retry_at=None)
+        return _evolve(state, **_cleared(state, Fault.RELAY), probing=False, retry_at=None)
     return state
+
+
+_DETAIL = {Fault.LINK: "board offline", Fault.RELAY: "relay readback mismatch"}
+
+
+def _cleared(state: DoorState, fault: Fault) -> dict[str, Any]:
+    """``faults`` and ``fault_detail`` once ``fault`` clears (no detail outlives its fault)."""
+    faults = state.faults - {fault}
+    if not faults:
+        return {"faults": faults, "fault_detail": ""}
+    left = next(f for f in (Fault.LINK, Fault.RELAY, Fault.INPUT) if f in faults)
+    return {"faults": faults, "fault_detail": _DETAIL.get(left, "input board offline")}
 
 
 def _link(state: DoorState, event: LinkChanged, effects: list[Record]) -> DoorState:
@@ -522,13 +540,7 @@ def _link(state: DoorState, event: LinkChanged, effects: list[Record]) -> DoorSt
             return state
         if state.seen_up and Fault.LINK in state.faults:
             effects.append(_alarm("fault", False, fault=Fault.LINK.value))
-        return _evolve(
-            state,
-            link_up=True,
-            seen_up=True,
-            faults=state.faults - {Fault.LINK},
-            fault_detail="",
-        )
+        return _evolve(state, link_up=True, seen_up=True, **_cleared(state, Fault.LINK))
     if not state.link_up:
         return _evolve(state, fault_detail=event.reason or state.fault_detail)
     effects.append(_alarm("fault", True, fault=Fault.LINK.value, detail=event.reason))
@@ -547,21 +559,23 @@ def _inputs_link(state: DoorState, event: InputsLinkChanged, effects: list[Recor
         if Fault.INPUT not in state.faults:
             return state
         effects.append(_alarm("fault", False, fault=Fault.INPUT.value))
-        faults = state.faults - {Fault.INPUT}
-        return _evolve(state, faults=faults, fault_detail=state.fault_detail if faults else "")
+        return _evolve(state, **_cleared(state, Fault.INPUT))
     if Fault.INPUT in state.faults:
         return state
-    # the door cannot be supervised: its contact is unknown (never trusted stale: a door
-    # propped open meanwhile must not count as closed) and a REX press is not assumed held
+    # the door cannot be supervised: a contact on that board is unknown (never trusted
+    # stale: a door propped open meanwhile must not count as closed) and a REX press there
+    # is not assumed held; inputs on other boards stay as they are read
     effects.append(_alarm("fault", True, fault=Fault.INPUT.value, detail=event.reason))
-    return _evolve(
+    state = _evolve(
         state,
         faults=state.faults | {Fault.INPUT},
         fault_detail=event.reason or "input board offline",
-        contact=Contact.UNKNOWN,
-        opened_at=None,
-        rex=False,
     )
+    if event.contact:
+        state = _evolve(state, contact=Contact.UNKNOWN, opened_at=None)
+    if event.rex:
+        state = _evolve(state, rex=False)
+    return state
 
 
 def _tick(spec: DoorSpec, state: DoorState, event: Tick, effects: list[Record]) -> DoorState:
@@ -591,7 +605,7 @@ def _tick(spec: DoorSpec, state: DoorState, event: Tick, effects: list[Record]) 
         ):
             # the relay already sits where the intent wants it: nothing left to prove
             effects.append(_alarm("fault", False, fault=Fault.RELAY.value))
-            state = _evolve(state, faults=state.faults - {Fault.RELAY}, retry_at=None)
+            state = _evolve(state, **_cleared(state, Fault.RELAY), retry_at=None)
         else:
             state = _evolve(state, probing=True, retry_at=None)
     return state

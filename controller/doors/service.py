@@ -188,20 +188,25 @@ class DoorService:
         self._input_listeners: dict[tuple[str, int], Callable[[bool, float], None]] = {}
         self._readback_at: dict[str, float] = {}  # door -> when a readback last arrived
         # doors with inputs on a board that does not carry their relay: that board's link
-        # supervises their inputs only (InputsLinkChanged)
-        self._inputs_only_on: dict[str, list[_Door]] = {}
+        # supervises those inputs (InputsLinkChanged: door, contact there?, REX there?)
+        self._inputs_only_on: dict[str, list[tuple[_Door, bool, bool]]] = {}
+        self._input_boards_down: dict[str, set[str]] = {}  # door -> its input boards away
         for d in settings.doors:
             door = _Door(d, spec_from_settings(d))
             self._doors[d.name] = door
             self._by_coil[(d.relay.board, d.relay.coil)] = door
             self._coils_of.setdefault(d.relay.board, []).append((d.relay.coil, door))
+            input_boards: set[str] = set()
             for role in ("contact", "rex", "tamper"):
                 ref: InputRef | None = getattr(d, role)
                 if ref is not None:
                     self._by_input[(ref.board, ref.input)] = (door, role, ref)
-                    others = self._inputs_only_on.setdefault(ref.board, [])
-                    if ref.board != d.relay.board and door not in others:
-                        others.append(door)
+                    if ref.board != d.relay.board:
+                        input_boards.add(ref.board)
+            for board in sorted(input_boards):
+                contact_here = d.contact is not None and d.contact.board == board
+                rex_here = d.rex is not None and d.rex.board == board
+                self._inputs_only_on.setdefault(board, []).append((door, contact_here, rex_here))
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -318,9 +323,16 @@ class DoorService:
                     return  # shutting down: drivers closing is not a door fault
                 for _, door in self._coils_of.get(board, ()):
                     self._apply(door, LinkChanged(up, now, reason))
-                for door in self._inputs_only_on.get(board, ()):
+                for door, contact, rex in self._inputs_only_on.get(board, ()):
+                    down = self._input_boards_down.setdefault(door.name, set())
+                    if up:
+                        down.discard(board)
+                        if down:
+                            continue  # another of its input boards is still away
+                    else:
+                        down.add(board)
                     detail = f"input board {board}: {reason}" if reason else f"input board {board}"
-                    self._apply(door, InputsLinkChanged(up, now, detail))
+                    self._apply(door, InputsLinkChanged(up, now, detail, contact, rex))
             case DeviceFault(device=board, kind=kind, detail=detail):
                 self._board_faults[board] = detail
                 self._record("board.fault", device=board, fault=kind, detail=detail)

@@ -586,6 +586,8 @@ class LockdownRunner:
                 st.relay == locked_value
                 and st.link_up
                 and self.doors.readback_at(name) >= check.held_at
+                # a door with a contact is secured only when it is seen closed
+                and (st.contact is Contact.CLOSED or self.doors.door(name).contact is None)
             ):
                 status = "secured"
             else:

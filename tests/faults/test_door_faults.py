@@ -538,3 +538,35 @@ async def test_a_door_whose_contact_board_is_away_is_a_fault_not_secured(tmp_pat
             if (k, n) == ("door.alarm", "dock") and d["alarm"] == "fault"
         ]
         assert alarms == [("input", True), ("input", False)]
+
+
+async def test_losing_the_rex_board_keeps_a_contact_read_on_the_relay_board(
+    tmp_path: Path,
+) -> None:
+    dock = "\n".join(
+        [
+            "",
+            "[[doors]]",
+            'name = "dock"',
+            'lock = "fail-secure"',
+            'relay = { board = "tcp1", coil = 4 }',
+            'contact = { board = "tcp1", input = 10 }',
+            'rex = { board = "rtu1", input = 11 }',
+            "",
+        ]
+    )
+    async with site(tmp_path, extra_door=dock) as s:
+        await wait_for(lambda: s.door("dock")["contact"] == "closed")
+        assert s.sim.door("dock").open(force=True)  # forced open
+        await wait_for(lambda: s.door("dock")["contact"] == "open")
+        await s.sim.board("rtu1").set_offline(True)  # the REX's board
+        await wait_for(lambda: "input" in s.door("dock")["faults"])  # type: ignore[operator]
+        await s.sim.board("rtu1").set_offline(False)
+        await wait_for(lambda: s.door("dock")["faults"] == [])
+        assert s.door("dock")["contact"] == "open"  # never lost: read on tcp1 all along
+        runner = s.daemon.lockdown
+        assert runner is not None
+        await runner.submit(StartLockdown(SITE, Trigger("operator", "test", "api"), time.time()))
+        await wait_for(lambda: "dock" in runner.status()["doors"]["propped"])
+        await wait_for(lambda: runner.status()["doors"]["confirmed"] == 4)  # the other four
+        assert runner.status()["doors"]["propped"] == ["dock"]

@@ -825,6 +825,15 @@ def test_losing_the_input_board_faults_the_door_and_forgets_its_contact(lock: st
     assert door.state.contact is Contact.CLOSED
 
 
+def test_losing_only_the_rex_board_keeps_the_contact_read_elsewhere() -> None:
+    door = online(make_spec(FAIL_SECURE))
+    door.feed(ContactChanged(True, 1.0))  # forced open, read on the relay's board
+    door.feed(InputsLinkChanged(False, 2.0, "input board io2", contact=False, rex=True))
+    assert Fault.INPUT in door.state.faults
+    assert door.state.contact.value == "open"  # still known: it is not on the lost board
+    assert door.state.forced
+
+
 def test_next_deadline_is_the_earliest_of_pulse_held_open_and_retry() -> None:
     spec = make_spec(FAIL_SECURE, pulse_s=50.0, held_open_s=30.0, fault_retry_s=10.0)
     door = online(spec)
@@ -937,10 +946,12 @@ class Model:
                 if self.link_up and not up:
                     self.contact = Contact.UNKNOWN
                 self.link_up = up
-            case InputsLinkChanged(up=up):
+            case InputsLinkChanged(up=up, contact=contact, rex=rex):
                 if not up and not self.inputs_down:
-                    self.contact = Contact.UNKNOWN
-                    self.rex = False
+                    if contact:
+                        self.contact = Contact.UNKNOWN
+                    if rex:
+                        self.rex = False
                 self.inputs_down = not up
             case Tick(now=now):
                 if self.pulse_until is not None and now >= self.pulse_until:
@@ -1146,10 +1157,16 @@ class DoorMachineTest(RuleBasedStateMachine):
         self.now += dt
         self.apply(LinkChanged(up, self.now, reason))
 
-    @rule(dt=DT, up=st.booleans(), reason=st.sampled_from(["", "input board io2: timeout"]))
-    def inputs_link(self, dt: float, up: bool, reason: str) -> None:
+    @rule(
+        dt=DT,
+        up=st.booleans(),
+        reason=st.sampled_from(["", "input board io2: timeout"]),
+        contact=st.booleans(),
+        rex=st.booleans(),
+    )
+    def inputs_link(self, dt: float, up: bool, reason: str, contact: bool, rex: bool) -> None:
         self.now += dt
-        self.apply(InputsLinkChanged(up, self.now, reason))
+        self.apply(InputsLinkChanged(up, self.now, reason, contact, rex))
 
     @rule(dt=DT, energised=st.booleans(), mismatched=st.booleans())
     def relay_read_any(self, dt: float, energised: bool, mismatched: bool) -> None:
@@ -1253,3 +1270,40 @@ STATEFUL = settings(max_examples=150, stateful_step_count=50, deadline=None)
 @pytest.mark.parametrize("machine", [FailSecureDoor, FailSafeDoor], ids=LOCKS)
 def test_door_machine_invariants(machine: type[DoorMachineTest]) -> None:
     run_state_machine_as_test(machine, settings=STATEFUL)
+
+
+@given(
+    faults=st.sets(st.sampled_from(list(Fault)), min_size=1),
+    clear=st.sampled_from(list(Fault)),
+    lock=st.sampled_from(LOCKS),
+)
+def test_a_fault_detail_never_outlives_its_fault(
+    faults: set[Fault], clear: Fault, lock: str
+) -> None:
+    spec = make_spec(lock)
+    state = DoorState(
+        link_up=Fault.LINK not in faults,
+        seen_up=True,
+        faults=frozenset(faults),
+        fault_detail="timeout" if Fault.LINK in faults else "something",
+        retry_at=1.0 if Fault.RELAY in faults else None,
+        relay=spec.relay_for(False),
+        contact=Contact.CLOSED,
+    )
+    events: dict[Fault, DoorEvent] = {
+        Fault.LINK: LinkChanged(True, 2.0),
+        Fault.INPUT: InputsLinkChanged(True, 2.0),
+        Fault.RELAY: Tick(2.0),  # the relay already shows the intent: cleared at the retry
+    }
+    event = events[clear]
+    after, _ = step(spec, state, event)
+    if clear not in faults or clear in after.faults:  # (a relay retry needs the link up)
+        assert after.fault_detail == state.fault_detail  # nothing cleared: nothing changes
+    elif not after.faults:
+        assert after.fault_detail == ""
+    elif Fault.LINK in after.faults:
+        assert after.fault_detail == "board offline"
+    elif Fault.RELAY in after.faults:
+        assert after.fault_detail == "relay readback mismatch"
+    else:
+        assert after.fault_detail == "input board offline"

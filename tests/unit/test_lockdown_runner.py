@@ -203,6 +203,9 @@ class Rig:
     tmp: Path
 
     def link(self, board: str, state: LinkState = LinkState.UP) -> None:
+        if state is LinkState.UP:  # as a real board: its inputs are read (all idle: closed)
+            idle = (False,) * 16
+            self.doors.on_driver_event(InputsRead(board, idle, frozenset(range(16))))
         self.doors.on_driver_event(LinkChanged(board, state, ""))
 
     async def run_for(self, seconds: float) -> None:
