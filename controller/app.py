@@ -233,6 +233,9 @@ class Daemon:
                 self.ready.set()
                 await self.shutdown.wait()
                 await self._stop()
+        except* WardingError as group:
+            # one clear line for the user (e.g. the socket cannot be bound), not a group trace
+            raise group.exceptions[0] from None
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):

@@ -26,6 +26,7 @@ __all__ = [
     "JournalCorruptError",
     "JournalError",
     "Problem",
+    "SocketPathError",
     "UsageError",
     "WardingError",
 ]
@@ -50,6 +51,10 @@ class ConfigError(WardingError):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class SocketPathError(WardingError):
+    """The control socket's path cannot be used (a file is there, no such directory): exit 2."""
 
 
 class UsageError(WardingError):

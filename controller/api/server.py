@@ -22,7 +22,8 @@ from pathlib import Path
 import structlog
 
 from controller.api.protocol import MAX_LINE, ProtocolError, Request, decode_request, encode, error
-from controller.errors import AlreadyRunningError, WardingError
+from controller.errors import AlreadyRunningError, SocketPathError, WardingError
+from controller.settings import UNIX_SOCKET_PATH_MAX
 
 log = structlog.get_logger(__name__)
 
@@ -81,11 +82,12 @@ class ControlServer:
         WardingError (naming the path) if the socket's directory or lock file cannot be made.
         """
         lock_path = self.path.with_name(self.path.name + ".lock")
+        self._check_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
         except OSError as exc:
-            raise WardingError(
+            raise SocketPathError(
                 f"controller.socket: cannot use {self.path} (lock file {lock_path}): "
                 f"{exc.strerror or exc}"
             ) from None
@@ -108,20 +110,7 @@ class ControlServer:
         """
         if self._lock_fd is None:
             self.claim()
-        try:
-            mode = os.lstat(self.path).st_mode
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise WardingError(
-                f"controller.socket: cannot use {self.path}: {exc.strerror}"
-            ) from None
-        else:
-            if not stat.S_ISSOCK(mode):
-                raise WardingError(
-                    f"controller.socket: {self.path} exists and is not a socket; "
-                    "refusing to replace it"
-                )
+        if self._check_path():
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # stale: we hold the lock, so nobody serves it
         try:
@@ -131,7 +120,9 @@ class ControlServer:
             self._bound = True
             os.chmod(self.path, self._mode)
         except OSError as exc:
-            raise WardingError(f"controller.socket: cannot listen on {self.path}: {exc}") from None
+            raise SocketPathError(
+                f"controller.socket: cannot listen on {self.path}: {exc.strerror or exc}"
+            ) from None
 
     async def serve(self) -> None:
         """Serve until cancelled."""
@@ -139,6 +130,28 @@ class ControlServer:
             await self.start()
         assert self._server is not None
         await self._server.serve_forever()
+
+    def _check_path(self) -> bool:
+        """SocketPathError unless the path is free or a (stale) socket; True if a socket."""
+        size = len(os.fsencode(self.path))
+        if size > UNIX_SOCKET_PATH_MAX:
+            raise SocketPathError(
+                f"controller.socket: {self.path} is {size} bytes; a Unix socket path must be "
+                f"at most {UNIX_SOCKET_PATH_MAX}"
+            )
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise SocketPathError(
+                f"controller.socket: cannot use {self.path}: {exc.strerror or exc}"
+            ) from None
+        if not stat.S_ISSOCK(mode):
+            raise SocketPathError(
+                f"controller.socket: {self.path} exists and is not a socket; refusing to replace it"
+            )
+        return True
 
     async def stop_serving(self) -> None:
         """Stop accepting and drop every client, within CLIENT_CLOSE_S; idempotent.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from controller import __version__
-from controller.errors import ConfigError, WardingError
+from controller.errors import ConfigError, SocketPathError, WardingError
 
 
 class _UsageError(Exception):
@@ -140,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(str(problem), file=sys.stderr)
+        return 2
+    except SocketPathError as exc:
+        print(f"warding: {exc}", file=sys.stderr)
         return 2
     except WardingError as exc:
         print(f"warding: {exc}", file=sys.stderr)

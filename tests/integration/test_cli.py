@@ -113,6 +113,31 @@ async def test_run_with_bad_file_exits_2_before_doing_anything(tmp_path: Path) -
     assert _names(tmp_path) == ["bad.toml"]  # no journal, no socket
 
 
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "too-long"])
+async def test_run_with_an_unusable_socket_path_exits_2_touching_nothing(
+    tmp_path: Path, where: str
+) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    sock = {
+        "a-file": precious,
+        "under-a-file": precious / "control.sock",
+        "too-long": tmp_path / ("s" * 120),
+    }[where]
+    res = await run(
+        [
+            *[PYTHON, "-m", "controller.cli.warding", "run"],
+            *["--socket", str(sock), "--journal", str(tmp_path / "journal.db")],
+        ]
+    )
+    assert res.rc == 2, res
+    _clean(res)
+    assert len(res.err_lines) == 1, res.stderr
+    assert res.err_lines[0].startswith("warding: controller.socket: "), res.stderr
+    assert precious.read_text() == "keep me"
+    assert _names(tmp_path) == ["precious.txt"]  # no journal, no lock file, no socket
+
+
 @pytest.mark.parametrize(
     ("content", "expect"),
     [
