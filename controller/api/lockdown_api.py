@@ -97,6 +97,8 @@ class LockdownApi:
 
     async def _submit(self, event: Any, reply: Reply, req: Request, **extra: Any) -> None:
         effects = await self.runner.submit(event)
+        # an acknowledged lockdown, all-clear or fire reset is on disk: state and records
+        await self.journal.flush()
         refused = refusal(effects)
         if refused is not None:
             raise CommandError(refused)

@@ -70,6 +70,9 @@ from controller.lockdown.model import (
 from controller.settings import LockdownInputSettings, Settings
 from drivers.base import LinkState
 
+JOURNAL_FIRST_S = 1.0
+"""How long a state write waits for the journal to commit the records before it."""
+
 log = structlog.get_logger(__name__)
 
 PERSIST_RETRY_INITIAL_S = 0.5  # first retry of a failed state-file write
@@ -375,10 +378,29 @@ class LockdownRunner:
             before.fire and not after.fire
         )
 
+    async def _journal_first(self) -> None:
+        """Commit the journal's queued records, so the state file never gets ahead of them.
+
+        A crash between the two then never leaves a state (a lockdown restored at start-up,
+        an all-clear) whose records are missing. Bounded: a stuck disk must not keep the
+        lockdown state from being written.
+        """
+        flush = getattr(self.recorder, "flush", None)
+        if flush is None:
+            return
+        try:
+            await asyncio.wait_for(flush(), JOURNAL_FIRST_S)
+        except TimeoutError:
+            log.error("journal not committed in time; writing the lockdown state anyway")
+
     async def _persist(self) -> bool:
         """Make the latest state durable (one writer at a time); True once it is on disk."""
         async with self._persist_lock:
             state = self.state  # the latest, read when this writer's turn comes
+            if state == self._persisted:
+                return True
+            await self._journal_first()
+            state = self.state  # (still the latest after the journal's commit)
             if state == self._persisted:
                 return True
             self._generation += 1

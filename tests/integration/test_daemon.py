@@ -442,3 +442,17 @@ async def test_rex_releases_and_the_opening_is_not_forced(
     assert not _door_events(events, door, "door.alarm")
     assert "forced-open" not in {to for _, to in _transitions(events, door)}
     assert sim.forced_count == 0
+
+
+async def test_an_acknowledged_lockdown_is_journaled_even_if_killed_at_once(
+    tmp_path: Path,
+) -> None:
+    async with simulated_site(tmp_path) as site:
+        for attempt in range(3):  # a race would show now and then: try a few times
+            async with running_daemon(site) as daemon:
+                reply = await daemon.api("lockdown.start", reason=f"armed intruder {attempt}")
+                assert reply["ok"] is True, reply
+                assert await daemon.stop(signal.SIGKILL) == -signal.SIGKILL  # no time to flush
+            triggers = [r for r in read_journal(site.journal) if r["kind"] == "lockdown.trigger"]
+            assert triggers, "an acknowledged lockdown has no trigger in the journal"
+            assert triggers[-1]["data"]["reason"] == f"armed intruder {attempt}"

@@ -569,7 +569,7 @@ async def test_fire_reset_is_refused_while_a_fire_input_cannot_be_read(tmp_path:
     r.runner.apply()
     await asyncio.sleep(0.01)
     assert r.doors.state("exit").released
-    api = LockdownApi(r.runner, None, None, frozenset({"north", "east"}))  # type: ignore[arg-type]
+    api = LockdownApi(r.runner, None, _Committed(), frozenset({"north", "east"}))  # type: ignore[arg-type]
     replies: list[dict[str, Any]] = []
 
     async def reply(obj: dict[str, Any]) -> None:
@@ -605,7 +605,7 @@ async def test_fire_reset_is_refused_while_a_fire_input_cannot_be_read(tmp_path:
 def api(rig: Rig, tmp_path: Path) -> LockdownApi:
     store = CredentialStore.open(tmp_path / "creds.db", b"k" * 32)
     PEER.set("op(pid 1)")
-    return LockdownApi(rig.runner, store, None, frozenset({"north", "east"}))  # type: ignore[arg-type]
+    return LockdownApi(rig.runner, store, _Committed(), frozenset({"north", "east"}))  # type: ignore[arg-type]
 
 
 async def _no_reply(obj: dict[str, Any]) -> None:
@@ -708,3 +708,45 @@ async def test_a_new_trigger_relocks_doors_an_override_left_unlocked(rig: Rig) -
         ("lock", "main", None)
     ]
     assert rig.doors.state("exit").intent.value == "pulse"  # a responder's pulse runs out itself
+
+
+class _Committed:
+    """The API's journal where only its commit (flush) is used: nothing to wait for."""
+
+    async def flush(self) -> None:
+        return None
+
+
+class FlushingRecorder(ListRecorder):
+    """A recorder whose flush (the journal's commit) is noted in a shared order of events."""
+
+    def __init__(self, order: list[str]) -> None:
+        super().__init__()
+        self.order = order
+        self.committed = 0
+
+    async def flush(self) -> None:
+        await asyncio.sleep(0.01)  # a commit takes a moment
+        self.committed = len(self.entries)
+        self.order.append(f"journal {self.committed}")
+
+
+async def test_the_state_file_never_gets_ahead_of_the_journal(tmp_path: Path) -> None:
+    order: list[str] = []
+    recorder = FlushingRecorder(order)
+    r = make_rig(tmp_path, recorder=recorder)
+    r.link("b1")
+    r.runner.restore()
+    r.runner.apply()
+    write = r.runner._writer.write
+
+    def noting_write(generation: int, state: SiteState) -> bool:
+        committed = recorder.entries[: recorder.committed]
+        triggers = [e for e in committed if e.kind == "lockdown.trigger"]
+        order.append(f"state {state.scope(SITE).mode.value} after {len(triggers)} triggers")
+        return write(generation, state)
+
+    r.runner._writer.write = noting_write  # type: ignore[method-assign]
+    await r.runner.submit(StartLockdown(SITE, PANIC, 1000.0))
+    assert order[-1] == "state lockdown after 1 triggers"  # its trigger committed first
+    await r.runner.close()
