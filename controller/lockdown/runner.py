@@ -322,8 +322,8 @@ class LockdownRunner:
         )
         releases = self._releases(before, self.state)
         self._record(effects)
-        if isinstance(event, StartLockdown) and before.scope(event.scope).mode in HELD:
-            self._relock_held_unlocks(event.scope)
+        if isinstance(event, StartLockdown):
+            self._relock_held_unlocks(event.scope, before)
         if self.state.threat_level != before.threat_level:
             for listener in self.level_listeners:
                 try:
@@ -339,8 +339,9 @@ class LockdownRunner:
                 self._spawn(self._persist())
         return effects
 
-    def _relock_held_unlocks(self, scope: str) -> None:
-        """A new trigger while ``scope`` is held: doors an override had left unlocked lock again.
+    def _relock_held_unlocks(self, scope: str, before: SiteState) -> None:
+        """A new trigger for ``scope``: its doors that were already held (by it, by their zone
+        or by the site) and that an override had left unlocked lock again.
 
         A fresh trigger is fresh danger; responders still get in with their override cards.
         Override pulses (a responder going through now) end by themselves and are left alone.
@@ -349,6 +350,7 @@ class LockdownRunner:
             name
             for name, zone in self.zone_of.items()
             if scope in (SITE, zone)
+            and before.held(zone)
             and self.state.held(zone)
             and self.doors.state(name).intent is Intent.UNLOCKED
             and not self.doors.state(name).released

@@ -750,3 +750,14 @@ async def test_the_state_file_never_gets_ahead_of_the_journal(tmp_path: Path) ->
     await r.runner.submit(StartLockdown(SITE, PANIC, 1000.0))
     assert order[-1] == "state lockdown after 1 triggers"  # its trigger committed first
     await r.runner.close()
+
+
+async def test_a_site_trigger_over_a_zone_lockdown_relocks_its_override_unlocks(rig: Rig) -> None:
+    await rig.runner.submit(StartLockdown("east", PANIC, 1000.0))
+    await rig.until(lambda: confirmed(rig))
+    result = await rig.doors.command("east", "unlock", override=True, source="wardctl (override)")
+    assert result.confirmed, result
+    await rig.runner.submit(StartLockdown(SITE, OPERATOR, 1001.0))  # now the whole site
+    await rig.until(lambda: rig.doors.state("east").intent.value == "locked")
+    commands = rig.recorder.data("door.command", source="lockdown: new trigger")
+    assert [c.get("door") for c in commands] == ["east"]
