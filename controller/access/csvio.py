@@ -173,12 +173,14 @@ def import_csv(
     max_listed: int = _MAX_LISTED_DEFAULT,
     batch: int = _BATCH_DEFAULT,
     cancelled: Callable[[], bool] | None = None,
+    committing: Callable[[], None] | None = None,
 ) -> ImportReport:
     """Import cardholders from a CSV file, all or nothing; raise ImportFileError if unreadable.
 
     ``timezone`` is the site's: date-times without an offset are local times there.
     ``cancelled`` is asked at every batch and before the commit; once it says yes the import
-    stops with ImportCancelledError and nothing is imported.
+    stops with ImportCancelledError and nothing is imported. ``committing`` is called when
+    the commit begins (it can no longer be called off).
     """
 
     def check() -> None:
@@ -223,6 +225,8 @@ def import_csv(
         committed = rejected_count == 0
         if committed:
             check()  # the last moment to call it off: after this, it is imported
+            if committing is not None:
+                committing()
             bulk.commit()
         if progress is not None:
             progress(rows, rows)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -166,7 +167,10 @@ class Management:
     install: Callable[[str, float], None] | None = None
     upload_idle_s: float = UPLOAD_IDLE_S
     _uploads: dict[str, _Upload] = field(default_factory=dict)
-    _jobs: set[asyncio.Future[ImportReport]] = field(default_factory=set)  # imports running
+    # imports running: the upload's name and source, and whether its commit has begun
+    _jobs: dict[asyncio.Future[ImportReport], tuple[str, str, threading.Event]] = field(
+        default_factory=dict
+    )
     _stopping: bool = False  # the daemon is stopping: imports not yet committed are called off
 
     def __post_init__(self) -> None:
@@ -422,8 +426,23 @@ class Management:
         self._stopping = True
         if self._jobs:
             await asyncio.wait(set(self._jobs), timeout=timeout_s)
-        if self._jobs:
-            log.error("import still running at shutdown: its outcome may not be journaled")
+        for name, source, committing in self._jobs.values():
+            # never silent: a commit under way finishes (the process waits for its thread),
+            # but its own record would come after the journal has closed
+            log.error("import still running at shutdown", name=name)
+            self.recorder.record(
+                "admin.import",
+                name=name,
+                committed=None,
+                committing=committing.is_set(),
+                error="the daemon stopped while this import was "
+                + (
+                    "being committed: check the store for its outcome"
+                    if committing.is_set()
+                    else "running: it is being called off"
+                ),
+                source=source,
+            )
         self.close()
 
     def _upload(self, req: Request) -> tuple[str, _Upload]:
@@ -461,9 +480,11 @@ class Management:
 
         # the import runs to its end and is journaled whatever happens to the client (it may
         # go away, or this handler be cancelled): the job's outcome is not the client's
-        job = asyncio.ensure_future(self._import_job(upload, progress, self._source(req)))
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        source = self._source(req)
+        committing = threading.Event()
+        job = asyncio.ensure_future(self._import_job(upload, progress, source, committing))
+        self._jobs[job] = (upload.name, source, committing)
+        job.add_done_callback(lambda done: self._jobs.pop(done, None))
         job.add_done_callback(_retrieved)  # a client gone: its error is journaled, not lost
         await reply(ok(req.id, streaming=True))
         while not job.done():
@@ -491,7 +512,11 @@ class Management:
         )
 
     async def _import_job(
-        self, upload: _Upload, progress: Callable[[int, int], None], source: str
+        self,
+        upload: _Upload,
+        progress: Callable[[int, int], None],
+        source: str,
+        committing: threading.Event,
     ) -> ImportReport:
         """Run one import to its end, journal its outcome (admin.import), delete the upload."""
         try:
@@ -502,6 +527,7 @@ class Management:
                 timezone=self.timezone,
                 progress=progress,
                 cancelled=lambda: self._stopping,
+                committing=committing.set,
             )
         except StoreError as exc:  # the file as a whole: name it as the client knows it
             message = str(exc).replace(str(upload.path), upload.name)

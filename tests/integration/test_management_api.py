@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 import controller.api.management as management
 from controller.access.csvio import import_csv
+from controller.access.store import BulkImport
 from controller.cli import wardctl
 from controller.journal import Journal
 from tests.integration.conftest import ApiConnection
@@ -241,3 +243,37 @@ async def test_an_import_running_at_shutdown_is_called_off_and_journaled(
     assert "called off" in imports[0]["error"]
     with sqlite3.connect(db) as con:  # all or nothing: nothing
         assert con.execute("SELECT count(*) FROM cardholders").fetchone() == (0,)
+
+
+async def test_an_import_committing_at_shutdown_is_never_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_commit = BulkImport.commit
+    started = threading.Event()
+
+    def slow_commit(self: BulkImport) -> None:
+        started.set()
+        time.sleep(2.0)  # a large file's sort, insert and commit
+        real_commit(self)
+
+    monkeypatch.setattr(BulkImport, "commit", slow_commit)
+    async with rig(tmp_path) as r:
+        journal_path = r.daemon.settings.controller.journal
+        conn = await ApiConnection.open(socket_of(r))
+        token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
+        data = "name,card\n" + "".join(f"P{i},h10301:9:{i}\n" for i in range(50))
+        assert (await conn.call("credential.import.chunk", upload=token, data=data))["ok"]
+        await conn.send("credential.import.commit", upload=token)
+        assert (await conn.read())["streaming"] is True
+        await wait_for(started.is_set)  # the commit is under way: it can't be called off
+        r.daemon.shutdown.set()  # systemctl stop
+        writer = r.daemon.journal
+        assert writer is not None
+        await wait_for(lambda: writer.closed, 10)
+        conn.close()
+    with Journal.open(journal_path) as journal:
+        imports = [e.data for e in journal.read(0, 10_000) if e.kind == "admin.import"]
+    assert len(imports) == 1, imports
+    assert imports[0]["committing"] is True
+    assert imports[0]["committed"] is None
+    assert "check the store" in imports[0]["error"]
