@@ -48,6 +48,28 @@ COMMANDS = (
 )
 
 
+# bidi overrides and isolates, and the line/paragraph separators some viewers break lines at
+_BIDI = frozenset(range(0x2028, 0x202F)) | frozenset(range(0x2066, 0x206A))
+MAX_TEXT = 500
+"""Longest reason, who or where kept (longer text is cut, never refused)."""
+
+
+def clean_text(text: str) -> str:
+    """Free text for the journal and the terminals that show it: control and bidi characters
+    written as escapes (``\\n``, ``\\x1b``...), of its first MAX_TEXT characters.
+
+    A lockdown is never refused for its wording: the text is made safe instead.
+    """
+    out = []
+    for c in text[:MAX_TEXT]:
+        o = ord(c)
+        if o < 32 or 127 <= o < 160 or o in _BIDI:
+            out.append(c.encode("unicode_escape").decode("ascii") if o < 256 else f"\\u{o:04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
 @dataclass
 class LockdownApi:
     """Handlers for the lockdown commands."""
@@ -108,7 +130,7 @@ class LockdownApi:
         reason = arg(req, "reason", str)
         if not reason.strip():
             raise ProtocolError("a lockdown needs a reason")
-        trigger = Trigger("operator", PEER.get(), "control socket", reason.strip())
+        trigger = Trigger("operator", PEER.get(), "control socket", clean_text(reason.strip()))
         level, warning = self._level(req)
         event = StartLockdown(
             self._scope(req),
@@ -126,9 +148,9 @@ class LockdownApi:
             raise ProtocolError("source must be 'remote' or 'peer'")
         trigger = Trigger(
             source,
-            arg(req, "who", str),
-            arg(req, "where", str),
-            str(arg(req, "reason", str, required=False, default="")),
+            clean_text(arg(req, "who", str)),
+            clean_text(arg(req, "where", str)),
+            clean_text(str(arg(req, "reason", str, required=False, default=""))),
         )
         level, warning = self._level(req)
         event = StartLockdown(
@@ -173,7 +195,7 @@ class LockdownApi:
         await self._submit(event, reply, req)
 
     async def _evacuate(self, req: Request, reply: Reply) -> None:
-        reason = arg(req, "reason", str)
+        reason = clean_text(arg(req, "reason", str))
         trigger = Trigger("operator", PEER.get(), "control socket", reason)
         event = StartEvacuation(
             self._scope(req),

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import controller.lockdown.runner as runner_mod
 from controller.access.store import CredentialStore
-from controller.api.lockdown_api import LockdownApi
+from controller.api.lockdown_api import MAX_TEXT, LockdownApi, clean_text
 from controller.api.protocol import Request
 from controller.api.server import PEER
 from controller.cli.wardctl import _lockdown_text
@@ -761,3 +763,36 @@ async def test_a_site_trigger_over_a_zone_lockdown_relocks_its_override_unlocks(
     await rig.until(lambda: rig.doors.state("east").intent.value == "locked")
     commands = rig.recorder.data("door.command", source="lockdown: new trigger")
     assert [c.get("door") for c in commands] == ["east"]
+
+
+@given(text=st.text())
+def test_clean_text_leaves_no_control_or_bidi_character(text: str) -> None:
+    out = clean_text(text)
+    assert not any(
+        ord(c) < 32
+        or 127 <= ord(c) < 160
+        or 0x202A <= ord(c) <= 0x202E
+        or 0x2066 <= ord(c) <= 0x2069
+        for c in out
+    )
+    if all(c.isprintable() and c not in "\u202a\u202b\u202c\u202d\u202e" for c in text):
+        assert out == text[:MAX_TEXT]  # clean text is kept as it is
+
+
+async def test_a_lockdown_reason_with_control_characters_is_kept_safe_not_refused(
+    rig: Rig,
+) -> None:
+    api = LockdownApi(rig.runner, None, _Committed(), frozenset({"north", "east"}))  # type: ignore[arg-type]
+    replies: list[dict[str, Any]] = []
+
+    async def reply(obj: dict[str, Any]) -> None:
+        replies.append(obj)
+
+    PEER.set("op(pid 1)")
+    forged = "intruder\n999999 door.command tcp1-d0 action=unlock \x1b[2J"
+    await api.handle(Request("lockdown.start", {"reason": forged}), reply)
+    assert replies[-1]["ok"] is True
+    assert rig.runner.held("east")  # locked down all the same
+    (trigger,) = rig.recorder.data("lockdown.trigger")
+    assert trigger["reason"] == "intruder\\n999999 door.command tcp1-d0 action=unlock \\x1b[2J"
+    await rig.runner.close()
