@@ -16,8 +16,10 @@ import argparse
 import contextlib
 import difflib
 import json
+import os
 import re
 import reprlib
+import stat
 import sys
 import tomllib
 import types
@@ -1219,7 +1221,11 @@ def load_settings(path: Path | str | None = None) -> Settings:
         return parse_toml(demo_site_text(), f"<embedded {DEMO_SITE_RESOURCE}>")
     name = str(path)
     try:
-        with Path(path).open("rb") as fh:
+        # O_NONBLOCK: a FIFO with no writer must not hang the check; only a file is read
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise ConfigError([Problem("", "not a regular file", name)])
             raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)

@@ -1322,6 +1322,15 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
     assert info.value.problems[0].message == "cannot read file: Is a directory"
 
 
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    fifo = tmp_path / "site.toml"
+    os.mkfifo(fifo)  # nobody will ever write to it: reading would wait for ever
+    with pytest.raises(ConfigError) as info:
+        load_settings(fifo)
+    assert_well_formed(info.value, str(fifo))
+    assert info.value.problems[0].message == "not a regular file"
+
+
 def test_unreadable_file(tmp_path: Path) -> None:
     path = tmp_path / "secret.toml"
     path.write_text(demo_site_text())
