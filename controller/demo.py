@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -26,6 +27,7 @@ from controller.errors import WardingError
 from controller.settings import Settings, demo_site_text, load_settings
 
 SIM_SOCKET_NAME = "sim.sock"
+DEMO_LOCK_NAME = "demo.lock"  # held (flock) while a demo runs in its runtime directory
 
 # Demo people: (name, card, PIN, levels, privileges)
 DEMO_PEOPLE: tuple[tuple[str, str, str | None, list[str], list[str]], ...] = (
@@ -51,12 +53,25 @@ class _OsdpAdapter:
 
 
 def start_reader_sims(settings: Settings) -> tuple[list[Any], dict[str, Any]]:
-    """Start a simulator for every reader line of the site; return them and a name map."""
+    """Start a simulator for every reader line of the site; return them and a name map.
+
+    On a failure the simulators already started are stopped before the error propagates.
+    """
+    sims: list[Any] = []
+    try:
+        by_reader = _start_reader_sims(settings, sims)
+    except BaseException:
+        for sim in sims:
+            sim.stop()
+        raise
+    return sims, by_reader
+
+
+def _start_reader_sims(settings: Settings, sims: list[Any]) -> dict[str, Any]:
     from drivers.osdp.keys import load_scbk, write_scbk
     from simulators.osdp_reader import SimOsdpPd, SimOsdpReader
     from simulators.serial_reader import SimSerialReader
 
-    sims: list[Any] = []
     by_reader: dict[str, Any] = {}
     for bus in settings.reader_buses:
         readers = [r for r in settings.readers if r.bus == bus.name]
@@ -82,7 +97,7 @@ def start_reader_sims(settings: Settings) -> tuple[list[Any], dict[str, Any]]:
         line = SimOsdpReader(*pds, device=bus.device)
         line.start()
         sims.append(line)
-    return sims, by_reader
+    return by_reader
 
 
 async def api_call(path: Path, cmd: str, **args: Any) -> dict[str, Any]:
@@ -298,13 +313,23 @@ async def _run(
     from simulators.site import SimSite
 
     demo = Demo(settings, site_file, runtime)
-    reader_sims, by_reader = start_reader_sims(settings)
+    site = SimSite(settings)
+    control = SimControlServer(site, demo.sim_socket)
+    # Claim in order, each before anything that could replace a file: the simulator socket
+    # (refused beside a live simulator), the boards' ports and device links, and only then the
+    # readers' device links. A failure stops only what this demo started.
+    await control.start()
+    reader_sims: list[Any] = []
     try:
-        async with SimSite(settings) as site, SimControlServer(site, demo.sim_socket, by_reader):
-            return await _serve(demo, runtime, duration_s, script)
+        await site.start()
+        reader_sims, by_reader = start_reader_sims(settings)
+        control.readers.update(by_reader)
+        return await _serve(demo, runtime, duration_s, script)
     finally:
         for sim in reader_sims:
             sim.stop()
+        await control.stop()
+        await site.stop()
 
 
 async def _serve(demo: Demo, runtime: Path, duration_s: float | None, script: bool) -> int:
@@ -334,12 +359,55 @@ def run_demo(config: Path | None, *, duration_s: float | None = None, script: bo
     """Entry point of ``warding demo``."""
     settings = load_settings(config)
     runtime = settings.controller.socket.parent
-    runtime.mkdir(parents=True, exist_ok=True)
+    try:
+        runtime.mkdir(parents=True, exist_ok=True)
+        lock_fd = _lock_runtime(runtime)
+    except (OSError, WardingError) as exc:
+        print(f"warding demo: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_locked(config, settings, runtime, duration_s, script)
+    finally:
+        os.close(lock_fd)
+
+
+def _lock_runtime(runtime: Path) -> int:
+    """Hold ``runtime/demo.lock`` (flock) for this demo; WardingError if another demo holds it.
+
+    Taken before the demo writes or replaces anything in ``runtime``: a second demo on the
+    same site never touches the files (site copy, sockets, device links) of a running one.
+    """
+    lock = runtime / DEMO_LOCK_NAME
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WardingError(
+            f"another warding demo is running in {runtime} (lock {lock} is held)"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _run_locked(
+    config: Path | None,
+    settings: Settings,
+    runtime: Path,
+    duration_s: float | None,
+    script: bool,
+) -> int:
     site_file = runtime / "site.toml"
-    if config is None:
-        site_file.write_text(demo_site_text(), encoding="utf-8")
-    else:
-        site_file.write_bytes(Path(config).read_bytes())
+    try:
+        if config is None:
+            site_file.write_text(demo_site_text(), encoding="utf-8")
+        else:
+            site_file.write_bytes(Path(config).read_bytes())
+    except OSError as exc:
+        print(f"warding demo: cannot write {site_file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     os.environ.setdefault("WARDING_SIM_SOCKET", str(runtime / SIM_SOCKET_NAME))
     loop = asyncio.new_event_loop()
     main = loop.create_task(_run(settings, site_file, runtime, duration_s, script))

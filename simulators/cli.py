@@ -8,10 +8,11 @@ import contextlib
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from controller.errors import ConfigError
 from controller.settings import RtuBoardSettings, load_settings
 from drivers.errors import WardingError
 from simulators.control import (
@@ -23,6 +24,7 @@ from simulators.control import (
     default_socket_path,
 )
 from simulators.modbus_board import SimRtuLine
+from simulators.ptyline import PathInUseError
 from simulators.site import SimSite
 
 __all__ = ["main", "register", "run"]
@@ -47,13 +49,36 @@ def _switch(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected on or off (got {text!r})")
 
 
-def _non_negative(text: str) -> int:
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """argparse type: an integer ``lo..hi`` (the range the simulator accepts)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {lo}..{hi} (got {value})")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in "invalid ... value"
+    return parse
+
+
+_non_negative = _int_in(0, 65535)  # a coil or input index
+_count = _int_in(0, 1_000_000)  # requests to drop or corrupt
+_delay_ms = _int_in(0, 600_000)  # up to 10 minutes
+_exception_code = _int_in(0, 255)  # 0 = off
+
+
+def _hold_s(text: str) -> float:
+    """argparse type: how long REX is held, 0..60 seconds."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (got {value})")
+        raise argparse.ArgumentTypeError(f"expected seconds (got {text!r})") from None
+    if not 0.0 <= value <= 60.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected 0..60 seconds (got {text})")
     return value
 
 
@@ -81,7 +106,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     door.add_argument("action", choices=DOOR_ACTIONS, help="what a person does")
     door.add_argument("name", help="door name")
     door.add_argument(
-        "--hold-s", type=float, default=0.5, metavar="S", help="how long rex holds the button"
+        "--hold-s", type=_hold_s, default=0.5, metavar="S", help="how long rex holds the button"
     )
     _control_option(door)
 
@@ -97,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         _control_option(p)
     p = actions.add_parser("delay", help="delay every reply")
     p.add_argument("name", help="board name")
-    p.add_argument("ms", type=_non_negative, help="delay in milliseconds (0 = none)")
+    p.add_argument("ms", type=_delay_ms, help="delay in milliseconds, 0..600000 (0 = none)")
     _control_option(p)
     for name, text in (
         ("drop", "send no reply to the next N requests"),
@@ -105,11 +130,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ):
         p = actions.add_parser(name, help=text)
         p.add_argument("name", help="board name")
-        p.add_argument("n", type=_non_negative, help="how many")
+        p.add_argument("n", type=_count, help="how many (0..1000000)")
         _control_option(p)
     p = actions.add_parser("exception", help="answer every request with a Modbus exception")
     p.add_argument("name", help="board name")
-    p.add_argument("code", type=_non_negative, help="exception code, e.g. 4; 0 = stop")
+    p.add_argument("code", type=_exception_code, help="exception code 1..255, e.g. 4; 0 = stop")
     _control_option(p)
     p = actions.add_parser("stuck", help="weld a relay on or off, or release it")
     p.add_argument("name", help="board name")
@@ -292,12 +317,19 @@ def _format_status(reply: dict[str, Any]) -> str:
 def _run_modbus(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
+    except ConfigError as exc:  # one line per problem, each naming the file and the key
+        for problem in exc.problems:
+            print(str(problem), file=sys.stderr)
+        return 2
     except WardingError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return 1
+        return 2
     control = args.control or default_socket_path()
     try:
         return asyncio.run(_serve(SimSite(settings), Path(control)))
+    except PathInUseError as exc:  # a file where a socket or device link must go: never replaced
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from drivers.errors import WardingError
 from simulators.osdp_reader import SimIndication, SimOsdpPd, SimOsdpReader, load_pds
+from simulators.ptyline import PathInUseError
 
 __all__ = ["execute", "register", "run"]
 
@@ -201,6 +202,9 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | Non
     sim = SimOsdpReader(*pds, device=args.device, libosdp_log_level=level)
     try:
         sim.start()
+    except PathInUseError as exc:  # a file at --device: never replaced
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, RuntimeError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -17,6 +17,7 @@ from typing import TextIO
 
 from drivers.errors import WardingError
 from drivers.serial_reader.codec import Em4100Frame, Framing, NumberFrame, WiegandFrame
+from simulators.ptyline import PathInUseError
 from simulators.serial_reader import KeyStyle, SimSerialReader
 
 __all__ = ["COMMANDS", "execute", "main", "register", "run"]
@@ -78,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         sim = SimSerialReader(args.device, framing=args.framing, line_end=_LINE_ENDS[args.line_end])
         sim.start()
+    except PathInUseError as exc:  # a file at --device: never replaced
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -16,10 +16,12 @@ import contextlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from simulators.ptyline import PathInUseError
 from simulators.site import SimSite
 
 __all__ = [
@@ -137,14 +139,30 @@ class SimControlServer:
         await self.stop()
 
     async def start(self) -> None:
-        """Listen on the socket (removing a stale one); OSError if another server owns it."""
+        """Listen on the socket (replacing only a stale socket); OSError if it cannot be ours.
+
+        PathInUseError if something other than a socket is at the path (never removed).
+        """
         if self._server is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise OSError(f"{self.path}: cannot make its directory ({reason})") from None
+        try:
+            mode: int | None = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None:
+            if not stat.S_ISSOCK(mode):
+                # a file, a directory, a symlink: never ours to delete
+                raise PathInUseError(
+                    f"{self.path} exists and is not a socket; refusing to replace it"
+                )
             if await _alive(self.path):
                 raise OSError(f"another simulator is already listening on {self.path}")
-            self.path.unlink()
+            self.path.unlink()  # a stale socket left by a simulator that was killed
         self._server = await asyncio.start_unix_server(
             self._serve_connection, path=str(self.path), limit=MAX_LINE
         )

@@ -46,7 +46,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import SimData, SimDevice
 from pymodbus.transaction import TransactionManager
 
-from simulators.ptyline import PtyPair, plug, unlink_device
+from simulators.ptyline import PtyPair, check_device, plug, unlink_device
 
 if TYPE_CHECKING:
     from pymodbus.datastore import ModbusServerContext
@@ -741,15 +741,16 @@ class SimRtuLine(_SimBus):
         """Create the ptys, the symlink and the relay, and start the RTU server."""
         if self._running:
             return
+        check_device(self.device)  # a file at the device path: refuse before serving anything
         self._loop = asyncio.get_running_loop()
         self._running = True
         try:
+            self.replug()  # the device path first: nothing is served if it cannot be ours
             self._server_side = PtyPair()
             server = _SimSerialServer(self, self._server_side.name, **self._serial)
             await server.serve_forever(background=True)
             self._server = server
             self._loop.add_reader(self._server_side.master, self._from_server)
-            self.replug()
         except BaseException:
             await self.stop()
             raise

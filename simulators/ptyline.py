@@ -6,8 +6,13 @@ import contextlib
 import fcntl
 import os
 import pty
+import stat
 import tty
 from pathlib import Path
+
+
+class PathInUseError(FileExistsError):
+    """A path the simulator would have to replace holds something that is not its own."""
 
 
 def set_nonblocking(fd: int) -> None:
@@ -32,10 +37,23 @@ class PtyPair:
                 os.close(fd)
 
 
+def check_device(device: Path | None) -> None:
+    """PathInUseError if ``device`` exists and is not a symlink (a file we must never replace)."""
+    if device is None:
+        return
+    try:
+        mode = os.lstat(device).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise PathInUseError(f"{device}: cannot use it ({exc.strerror or exc})") from None
+    if not stat.S_ISLNK(mode):
+        raise PathInUseError(f"{device} exists and is not a symlink: not replacing it")
+
+
 def plug(device: Path | None) -> PtyPair:
     """A new pty, with ``device`` (if given) atomically pointed at it; never replaces a file."""
-    if device is not None and device.exists() and not device.is_symlink():
-        raise FileExistsError(f"{device} exists and is not a symlink: not replacing it")
+    check_device(device)
     side = PtyPair()
     if device is not None:
         try:

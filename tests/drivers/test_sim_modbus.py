@@ -775,3 +775,150 @@ contact = {{ board = "b", input = 0 }}
         if proc.returncode is None:
             proc.kill()
             await proc.communicate()
+
+
+# ---- paths that are not the simulator's own, and usage errors (exit 2) -----------------------
+
+
+async def test_control_socket_never_replaces_a_file_or_a_symlink(
+    demo_site: SimSite, tmp_path: Path
+) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious\n")
+    link = tmp_path / "link.sock"
+    link.symlink_to(precious)
+    for path in (precious, link, tmp_path):
+        server = SimControlServer(demo_site, path)
+        with pytest.raises(FileExistsError, match="exists and is not a socket; refusing"):
+            await server.start()
+        await server.stop()
+    assert precious.read_text() == "precious\n"
+    assert link.is_symlink()
+
+
+async def test_control_socket_replaces_a_stale_socket(demo_site: SimSite, tmp_path: Path) -> None:
+    sock = tmp_path / "sim.sock"
+    with socket.socket(socket.AF_UNIX) as s:  # a simulator killed with -9 leaves this behind
+        s.bind(str(sock))
+    async with SimControlServer(demo_site, sock):
+        assert (await control_request(sock, {"cmd": "status"}))["ok"] is True
+
+
+def _sim_site_file(tmp_path: Path, device: Path) -> Path:
+    config = tmp_path / "site.toml"
+    config.write_text(
+        f"""
+[controller]
+id = "t"
+[[boards]]
+name = "a"
+transport = "tcp"
+host = "127.0.0.1"
+port = {free_port()}
+[[boards]]
+name = "b"
+transport = "rtu"
+device = "{device}"
+unit_id = 3
+[[doors]]
+name = "d1"
+lock = "fail-secure"
+relay = {{ board = "a", coil = 0 }}
+"""
+    )
+    return config
+
+
+async def run_sim_cli(*argv: str, within: float = 20) -> tuple[int, str, str]:
+    """``python -m simulators.cli ARGV`` to completion: (status, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "simulators.cli",
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), within)
+    except TimeoutError:
+        proc.kill()
+        await proc.communicate()
+        raise AssertionError(f"{argv} did not finish within {within}s") from None
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_modbus_refuses_a_file_at_the_control_path(tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious\n")
+    config = _sim_site_file(tmp_path, tmp_path / "line.tty")
+    rc, out, err = await run_sim_cli(
+        "sim", "modbus", "--config", str(config), "--control", str(precious)
+    )
+    assert rc == 2, (out, err)
+    assert err.splitlines() == [
+        f"warding sim: {precious} exists and is not a socket; refusing to replace it"
+    ]
+    assert precious.read_text() == "precious\n"
+    assert not (tmp_path / "line.tty").exists()  # nothing else was started
+
+
+async def test_cli_modbus_refuses_a_file_at_an_rtu_device_before_serving(tmp_path: Path) -> None:
+    device = tmp_path / "annex.tty"
+    device.write_text("keep\n")
+    config = _sim_site_file(tmp_path, device)
+    sock = tmp_path / "sim.sock"
+    rc, out, err = await run_sim_cli(
+        "sim", "modbus", "--config", str(config), "--control", str(sock)
+    )
+    assert rc == 2, (out, err)
+    # one line, no pymodbus traceback from a server started and torn down before the check
+    assert err.splitlines() == [
+        f"warding sim: {device} exists and is not a symlink: not replacing it"
+    ]
+    assert device.read_text() == "keep\n"
+    assert not sock.exists()
+
+
+async def test_cli_modbus_bad_site_file_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[controller\n")
+    rc, out, err = await run_sim_cli(
+        "sim", "modbus", "--config", str(bad), "--control", str(tmp_path / "s.sock")
+    )
+    assert rc == 2, (out, err)
+    assert "Traceback" not in err
+    assert err.splitlines()
+    assert all(line.startswith(f"{bad}: ") for line in err.splitlines())
+    rc, out, err = await run_sim_cli(
+        "sim", "modbus", "--config", str(tmp_path / "absent.toml"), "--control", "x.sock"
+    )
+    assert rc == 2, (out, err)
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["door", "rex", "lobby-main", "--hold-s", "-1"],
+        ["door", "rex", "lobby-main", "--hold-s", "nan"],
+        ["door", "rex", "lobby-main", "--hold-s", "61"],
+        ["board", "delay", "main", "600001"],
+        ["board", "drop", "main", "1000001"],
+        ["board", "exception", "main", "256"],
+        ["board", "stuck", "main", "65536", "on"],
+        ["board", "input", "main", "70000", "on"],
+    ],
+)
+def test_cli_out_of_range_values_are_usage_errors(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # found by the parser: exit 2 before any request goes to the simulator (none is running)
+    with pytest.raises(SystemExit) as exc:
+        sim_parser().parse_args(["sim", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("warding sim "), err
+    assert "error: argument" in err

@@ -308,3 +308,68 @@ async def test_demo_headless_script(tmp_path: Path) -> None:
     commands = [line for line in res.lines if " door.command " in line]
     assert any("source=demo-script" in line for line in commands), out
     assert any("alarm=forced-open" in line and "active=True" in line for line in res.lines), out
+
+
+# -- a second demo on the same site ----------------------------------------------------------
+
+
+def _private_demo_site(runtime: Path) -> Path:
+    """The embedded demo site with its runtime under ``runtime`` and a free TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = DEMO_SITE.read_text(encoding="utf-8")
+    text = text.replace(str(DEMO_DIR), str(runtime)).replace(
+        f"port = {DEMO_PORT}", f"port = {port}"
+    )
+    config = runtime.parent / "site.toml"
+    config.write_text(text, encoding="utf-8")
+    return config
+
+
+async def test_second_demo_leaves_the_running_demo_alone(tmp_path: Path) -> None:
+    import asyncio
+    import signal
+
+    runtime = tmp_path / "rt"
+    config = _private_demo_site(runtime)
+    links = [runtime / "lobby-reader.tty", runtime / "osdp-1.tty", runtime / "annex.tty"]
+    first = await asyncio.create_subprocess_exec(
+        *[PYTHON, "-m", "controller.cli.warding"],
+        "demo",
+        "--config",
+        str(config),
+        "--duration",
+        "60",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert first.stdout is not None
+        async with asyncio.timeout(30):
+            line = await first.stdout.readline()
+        assert line.startswith(b"warding demo: 10 doors"), line
+        before = {p: os.readlink(p) for p in links}
+        site_copy = (runtime / "site.toml").read_bytes()
+
+        res = await warding("demo", "--config", str(config), "--duration", "1", within=30)
+        # the running demo's device links, site copy and sockets are untouched
+        assert {p: os.readlink(p) if p.is_symlink() else None for p in links} == before
+        assert (runtime / "site.toml").read_bytes() == site_copy
+        assert (runtime / "sim.sock").is_socket()
+        assert first.returncode is None
+        assert res.rc == 1, res
+        _clean(res)
+        assert res.err_lines == [
+            f"warding demo: another warding demo is running in {runtime} "
+            f"(lock {runtime / 'demo.lock'} is held)"
+        ], res
+    finally:
+        if first.returncode is None:
+            first.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(first.communicate(), 20)
+        except TimeoutError:
+            first.kill()
+            await first.communicate()
