@@ -582,6 +582,8 @@ class Management:
         name = arg(req, "name", str)
         doors = _strings(req, "doors")
         schedule = arg(req, "schedule", str, required=False, default="always")
+        if not doors:
+            raise CommandError("an access level needs at least one door")
         known = set(self.access.doors.door_names)
         unknown = [d for d in doors if d not in known]
         if unknown:

@@ -37,6 +37,7 @@ GARBAGE: list[tuple[str, dict[str, Any], str]] = [
     ("cardholder.list", {"after": BIG}, "after"),
     ("access-level.grant", {"cardholder": BIG, "name": "x"}, "'cardholder'"),
     ("access-level.revoke", {"cardholder": BIG, "name": "x"}, "'cardholder'"),
+    ("access-level.add", {"name": "empty", "doors": []}, "at least one door"),
 ]
 
 
