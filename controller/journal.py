@@ -35,12 +35,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import json
 import math
 import os
+import shutil
 import sqlite3
+import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -159,8 +163,14 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         return "<nested too deep>"
     if isinstance(value, Enum):
         return _jsonable(value.value, depth + 1)
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        try:
+            json.dumps(value)
+        except ValueError:  # beyond Python's int->decimal limit (4300 digits): hex has none
+            return hex(value)
+        return int(value)  # an int subclass (IntFlag...) as a plain int
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, str):
@@ -178,7 +188,18 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
         }
     if isinstance(value, list | tuple | set | frozenset):
         return [_jsonable(v, depth + 1) for v in value]
-    return _clean_str(str(value))
+    try:
+        return _clean_str(str(value))
+    except Exception:  # noqa: BLE001 - a __str__ that raises: name the type instead
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _loggable(data: object) -> Any:
+    """``data`` in a form every log renderer can print (an unwritten record's details)."""
+    try:
+        return _jsonable(data)
+    except Exception:  # noqa: BLE001 - logging must not fail on odd data
+        return f"<unprintable {type(data).__name__}>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,27 +228,50 @@ def _prepare_strict(record: Record) -> _Prepared | None:
         # UTF-8 cannot carry lone surrogates; SQLite could not store them either.
         canonical_json(list(fields)).encode()
         data_json.encode()
-    except (TypeError, ValueError, RecursionError):
+    except Exception:  # noqa: BLE001 - anything odd (huge ints, bad keys...): coerce instead
         return None
     return _Prepared(record.ts, record.kind, record.door, record.device, data, data_json)
 
 
+def _safe_text(value: object) -> str:
+    """``str(value)`` as UTF-8-safe text; a type name if even that fails."""
+    try:
+        return _clean_str(value if isinstance(value, str) else str(value))
+    except Exception:  # noqa: BLE001 - a __str__ that raises
+        return f"<unprintable {type(value).__name__}>"
+
+
 def _prepare(record: Record) -> _Prepared:
-    """Normalise a record to exactly what is stored and hashed; never fails on odd data."""
+    """Normalise a record to exactly what is stored and hashed; never raises.
+
+    Odd values are coerced to a readable form (``_jsonable``); if even that fails, the data is
+    replaced by a note saying so, so that one bad record never blocks the records behind it.
+    """
     prepared = _prepare_strict(record)
-    if prepared is None:
+    if prepared is not None:
+        return prepared
+    ts = _safe_text(record.ts)
+    kind = _safe_text(record.kind)
+    door = None if record.door is None else _safe_text(record.door)
+    device = None if record.device is None else _safe_text(record.device)
+    try:
         raw = record.data if isinstance(record.data, Mapping) else {"value": record.data}
         data = json.loads(canonical_json(_jsonable(raw)))
-        prepared = _Prepared(
-            ts=_clean_str(str(record.ts)),
-            kind=_clean_str(str(record.kind)),
-            door=None if record.door is None else _clean_str(str(record.door)),
-            device=None if record.device is None else _clean_str(str(record.device)),
-            data=data,
-            data_json=canonical_json(data),
-        )
-        log.warning("journal.data_coerced", kind=prepared.kind, door=prepared.door)
-    return prepared
+        if not isinstance(data, dict):  # pragma: no cover - _jsonable keeps a mapping a dict
+            raise TypeError("data is not an object")
+        data_json = canonical_json(data)
+        data_json.encode()
+    except Exception as exc:  # noqa: BLE001 - replace what cannot be encoded, never block
+        data = {
+            "journal_note": "data could not be encoded and was replaced",
+            "data_type": type(record.data).__name__,
+            "error": _safe_text(exc)[:200],
+        }
+        data_json = canonical_json(data)
+        log.error("journal.data_replaced", kind=kind, door=door, error=data["error"])
+    else:
+        log.warning("journal.data_coerced", kind=kind, door=door)
+    return _Prepared(ts=ts, kind=kind, door=door, device=device, data=data, data_json=data_json)
 
 
 # --------------------------------------------------------------------------- records and entries
@@ -277,9 +321,21 @@ class Entry:
 def _entry_from_row(row: Sequence[Any]) -> Entry:
     """Build an Entry from an ``events`` row; raise JournalCorruptError if it cannot be decoded."""
     seq, ts, kind, door, device, data_json, prev_hash, hash_ = row
+    for name, value, nullable in (
+        ("ts", ts, False),
+        ("kind", kind, False),
+        ("door", door, True),
+        ("device", device, True),
+        ("prev_hash", prev_hash, False),
+        ("hash", hash_, False),
+    ):
+        if not (isinstance(value, str) or (nullable and value is None)):
+            raise JournalCorruptError(seq, f"{name} is not text")
+    if not isinstance(data_json, str):
+        raise JournalCorruptError(seq, "data is not text")
     try:
         data = json.loads(data_json)
-    except (TypeError, ValueError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise JournalCorruptError(seq, "data is not valid JSON") from exc
     if not isinstance(data, dict):
         raise JournalCorruptError(seq, "data is not a JSON object")
@@ -505,7 +561,8 @@ class VerifyReport:
 
     ``rows`` counts the rows that verified before the first problem; ``first_bad_seq`` is the
     first row that is wrong or missing (None when the chain is intact or the file is unusable);
-    ``head_hash`` is the hash of the last good row, to compare with an external anchor.
+    ``head_hash`` and ``head_seq`` are the hash and seq of the last good row, to compare with an
+    external anchor. ``reason`` never repeats the file's path (the caller knows it).
     """
 
     ok: bool
@@ -513,6 +570,7 @@ class VerifyReport:
     first_bad_seq: int | None
     reason: str
     head_hash: str | None = None
+    head_seq: int | None = None
 
     @property
     def exit_code(self) -> int:
@@ -522,45 +580,126 @@ class VerifyReport:
         return 1 if self.first_bad_seq is not None else 2
 
 
+class _ReadOnlyStorage(Exception):
+    """SQLite cannot read the WAL-mode file in place without writing its ``-shm`` side file."""
+
+
+_SQLITE_READONLY: Final = 8
+_SQLITE_CANTOPEN: Final = 14
+# SQLite's lock bytes on the database file: every open connection of a WAL-mode database holds
+# a read lock in the SHARED range while it is open (see SQLite's os_unix.c).
+_SQLITE_PENDING_BYTE: Final = 0x40000000
+_SQLITE_LOCK_SPAN: Final = 512
+
+
 def verify_journal(path: Path) -> VerifyReport:
-    """Check every hash, link and seq of the journal at ``path``, read-only; never raises."""
+    """Check every hash, link and seq of the journal at ``path``, read-only; never raises.
+
+    Opens the file read-only (``mode=ro``). Where SQLite cannot do that because it may not
+    create or write the ``-shm`` side file (read-only media, a reader with read access only
+    after the daemon stopped), and no other process has the journal open, it reads the file as
+    immutable, or a private copy of the file and its ``-wal`` when that holds committed rows.
+    """
     if not path.exists():
-        return VerifyReport(False, 0, None, f"{path}: no such file")
+        return VerifyReport(False, 0, None, "no such file")
     if not path.is_file():
-        return VerifyReport(False, 0, None, f"{path}: not a regular file")
+        return VerifyReport(False, 0, None, "not a regular file")
+    uri = path.resolve().as_uri()
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        return _verify_uri(f"{uri}?mode=ro")
+    except _ReadOnlyStorage as exc:
+        first_error = str(exc)
+    if _held_by_other_process(path):
+        return VerifyReport(
+            False,
+            0,
+            None,
+            f"cannot read it read-only while another process has it open ({first_error});"
+            " run as the journal's owner, or verify a copy",
+        )
+    wal = path.with_name(path.name + "-wal")
+    try:
+        wal_size = wal.stat().st_size if wal.exists() else 0
+    except OSError as exc:
+        return VerifyReport(False, 0, None, f"cannot read {wal.name}: {exc.strerror or exc}")
+    try:
+        if wal_size == 0:
+            # nothing in a WAL to recover: the database file alone is the journal
+            return _verify_uri(f"{uri}?mode=ro&immutable=1")
+        with tempfile.TemporaryDirectory(prefix="warding-verify-") as tmp:
+            copy = Path(tmp) / "journal.db"
+            shutil.copyfile(path, copy)
+            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            return _verify_uri(f"{copy.as_uri()}?mode=ro")
+    except _ReadOnlyStorage as exc:
+        return VerifyReport(False, 0, None, f"not a readable journal: {exc}")
+    except OSError as exc:
+        return VerifyReport(False, 0, None, f"cannot read it: {exc.strerror or exc}")
+
+
+def _held_by_other_process(path: Path) -> bool:
+    """True if another process holds SQLite's lock bytes of ``path`` (has the journal open)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        layout = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid
+        probe = struct.pack(
+            layout, fcntl.F_WRLCK, os.SEEK_SET, _SQLITE_PENDING_BYTE, _SQLITE_LOCK_SPAN, 0
+        )
+        answer = fcntl.fcntl(fd, fcntl.F_GETLK, probe)
+        return int(struct.unpack(layout, answer)[0]) != fcntl.F_UNLCK
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _verify_uri(uri: str) -> VerifyReport:
+    """Verify the journal SQLite opens at ``uri``; raise _ReadOnlyStorage (see verify_journal)."""
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=10.0)
     except sqlite3.Error as exc:
-        return VerifyReport(False, 0, None, f"{path}: cannot open: {exc}")
+        if _is_readonly_storage(exc):
+            raise _ReadOnlyStorage(str(exc)) from exc
+        return VerifyReport(False, 0, None, f"cannot open: {exc}")
     try:
-        return _verify(conn, path)
+        return _verify(conn)
     finally:
         conn.close()
 
 
-def _verify(conn: sqlite3.Connection, path: Path) -> VerifyReport:
+def _is_readonly_storage(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in (_SQLITE_READONLY, _SQLITE_CANTOPEN)
+
+
+def _verify(conn: sqlite3.Connection) -> VerifyReport:
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"meta", "events"} <= tables:
-            return VerifyReport(False, 0, None, f"{path}: not a warding journal (tables missing)")
+            return VerifyReport(False, 0, None, "not a warding journal (tables missing)")
         version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if version is None or version[0] != str(SCHEMA_VERSION):
             found = None if version is None else version[0]
-            return VerifyReport(False, 0, None, f"{path}: unsupported schema_version {found!r}")
+            return VerifyReport(False, 0, None, f"unsupported schema_version {found!r}")
         cursor = conn.execute(f"{_SELECT_EVENTS} ORDER BY seq")
     except sqlite3.Error as exc:
-        return VerifyReport(False, 0, None, f"{path}: not a readable journal: {exc}")
+        if _is_readonly_storage(exc):
+            raise _ReadOnlyStorage(str(exc)) from exc
+        return VerifyReport(False, 0, None, f"not a readable journal: {exc}")
 
     good = 0
     prev_seq, prev_hash = 0, GENESIS_HASH
 
     def broken(seq: int, reason: str) -> VerifyReport:
         head = prev_hash if good else None
-        return VerifyReport(False, good, seq, reason, head)
+        return VerifyReport(False, good, seq, reason, head, prev_seq if good else None)
 
     try:
         for row in cursor:
-            seq, ts, kind, door, device, _, stored_prev, stored_hash = row
+            seq, ts, kind, door, device, data_json, stored_prev, stored_hash = row
             if seq < 1:  # rows come in ascending seq order, so only the first can be < 1
                 return broken(seq, f"row {seq}: sequence numbers start at 1")
             if seq != prev_seq + 1:
@@ -575,23 +714,22 @@ def _verify(conn: sqlite3.Connection, path: Path) -> VerifyReport:
                 return broken(seq, f"row {seq}: previous-hash link broken")
             try:
                 entry = _entry_from_row(row)
-                fields_ok = all(isinstance(f, str) for f in (ts, kind, stored_hash)) and all(
-                    f is None or isinstance(f, str) for f in (door, device)
+                # The hash covers the decoded data; the stored text must be exactly its
+                # canonical encoding, or an edit that decodes the same (a duplicate key, other
+                # key order, spaces, \u escapes) would still verify while other readers (SQLite's
+                # own JSON functions take the first of duplicate keys) see something else.
+                if canonical_json(entry.data) != data_json:
+                    return broken(seq, f"row {seq}: data is not stored in canonical form")
+                expected: str | None = entry_hash(
+                    prev_hash,
+                    seq=seq,
+                    ts=ts,
+                    kind=kind,
+                    door=door,
+                    device=device,
+                    data=entry.data,
                 )
-                expected = (
-                    entry_hash(
-                        prev_hash,
-                        seq=seq,
-                        ts=ts,
-                        kind=kind,
-                        door=door,
-                        device=device,
-                        data=entry.data,
-                    )
-                    if fields_ok
-                    else None
-                )
-            except JournalCorruptError as exc:
+            except JournalCorruptError as exc:  # not JSON, or a column that is not TEXT
                 return broken(seq, f"row {seq}: {exc.reason}")
             except (TypeError, ValueError, RecursionError):
                 expected = None
@@ -602,9 +740,14 @@ def _verify(conn: sqlite3.Connection, path: Path) -> VerifyReport:
     except sqlite3.Error as exc:
         return broken(prev_seq + 1, f"row {prev_seq + 1}: database error while reading: {exc}")
     if good == 0:
-        return VerifyReport(True, 0, None, "journal is empty", None)
+        return VerifyReport(True, 0, None, "journal is empty", None, None)
     return VerifyReport(
-        True, good, None, f"{good} rows, chain intact (row {prev_seq} hash {prev_hash})", prev_hash
+        True,
+        good,
+        None,
+        f"{good} rows, chain intact (row {prev_seq} hash {prev_hash})",
+        prev_hash,
+        prev_seq,
     )
 
 
@@ -728,7 +871,7 @@ class JournalWriter:
             door=record.door,
             device=record.device,
             ts=record.ts,
-            data=dict(record.data),
+            data=_loggable(record.data),
         )
 
     # -- state --------------------------------------------------------------------------------
@@ -828,7 +971,7 @@ class JournalWriter:
                         door=r.door,
                         device=r.device,
                         ts=r.ts,
-                        data=dict(r.data),
+                        data=_loggable(r.data),
                     )
             if self._inflight is not None:
                 log.error("journal.close_write_stuck", backlog=self.backlog)

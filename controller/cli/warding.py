@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     jsub = journal.add_subparsers(dest="journal_command", metavar="ACTION")
     jsub.required = True
     verify = jsub.add_parser("verify", help="check the journal's hash chain")
-    verify.add_argument("--db", type=Path, help="journal path (default: from --config)")
+    verify.add_argument(
+        "--db",
+        type=Path,
+        help="journal path (default: the [controller] journal of --config, else of the"
+        " embedded demo site, as `warding run` without --config)",
+    )
     verify.add_argument("--config", type=Path, help="site file whose journal to verify")
 
     demo = sub.add_parser("demo", help="run the daemon on the simulated demo site")
@@ -79,15 +84,26 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_journal_verify(args: argparse.Namespace) -> int:
+    """Verify one journal: ``--db``, else ``--config``'s, else the embedded demo site's.
+
+    The last is what ``warding run`` without ``--config`` writes; the OK line names the file.
+    """
     from controller.journal import verify_journal
     from controller.settings import load_settings
 
+    if args.db is not None and args.config is not None:
+        raise _UsageError("give --db or --config, not both")
     db = args.db if args.db is not None else load_settings(args.config).controller.journal
     report = verify_journal(db)
-    if report.ok:
-        print(f"{db}: OK, {report.rows} rows, hash chain intact")
-    else:
+    if not report.ok:
         print(f"{db}: {report.reason}", file=sys.stderr)
+    elif report.head_hash is None:
+        print(f"{db}: OK, 0 rows (journal is empty)")
+    else:
+        print(
+            f"{db}: OK, {report.rows} rows, hash chain intact,"
+            f" head seq {report.head_seq} hash {report.head_hash}"
+        )
     return report.exit_code
 
 

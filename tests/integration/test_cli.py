@@ -185,9 +185,55 @@ def _tamper(path: Path, sql: str) -> None:
 async def test_journal_verify_intact(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     _make_journal(db)
+    with Journal.open(db) as journal:
+        head = journal.tail(1)[0]
     res = await warding("journal", "verify", "--db", str(db))
     assert res.rc == 0, res
-    assert res.lines == [f"{db}: OK, 4 rows, hash chain intact"]
+    # the head seq and hash are the anchor against truncation: the OK line must carry them
+    assert res.lines == [f"{db}: OK, 4 rows, hash chain intact, head seq 4 hash {head.hash}"]
+
+
+async def test_journal_verify_empty(tmp_path: Path) -> None:
+    db = tmp_path / "journal.db"
+    Journal.open(db).close()
+    res = await warding("journal", "verify", "--db", str(db))
+    assert res.rc == 0, res
+    assert res.lines == [f"{db}: OK, 0 rows (journal is empty)"]
+
+
+async def test_journal_verify_config_names_the_file_it_verifies(tmp_path: Path) -> None:
+    db = tmp_path / "site-journal.db"
+    _make_journal(db, rows=2)
+    site = tmp_path / "site.toml"
+    site.write_text(
+        DEMO_SITE.read_text().replace(
+            'journal = "/tmp/warding-demo/journal.db"', f'journal = "{db}"'
+        )
+    )
+    res = await warding("journal", "verify", "--config", str(site))
+    assert res.rc == 0, res
+    assert len(res.lines) == 1
+    assert res.lines[0].startswith(f"{db}: OK, 2 rows, hash chain intact, head seq 2 hash ")
+
+
+async def test_journal_verify_default_is_the_journal_warding_run_uses() -> None:
+    from controller.settings import load_settings
+
+    demo_journal = load_settings(None).controller.journal  # `warding run` without --config
+    res = await warding("journal", "verify")
+    _clean(res)
+    assert res.rc in (0, 1, 2), res
+    assert len(res.lines + res.err_lines) == 1, res
+    assert (res.lines + res.err_lines)[0].startswith(f"{demo_journal}: "), res
+
+
+async def test_journal_verify_db_and_config_together_is_a_usage_error(tmp_path: Path) -> None:
+    res = await warding(
+        "journal", "verify", "--db", str(tmp_path / "j.db"), "--config", str(DEMO_SITE)
+    )
+    assert res.rc == 2, res
+    _clean(res)
+    assert USAGE_ERROR.match(res.err_lines[-1]), res.stderr
 
 
 @pytest.mark.parametrize(
@@ -228,7 +274,10 @@ async def test_journal_verify_unusable_file(tmp_path: Path, kind: str) -> None:
     assert res.rc == 2, res
     _clean(res)
     assert len(res.err_lines) == 1, res
-    assert str(db) in res.err_lines[0]
+    assert res.err_lines[0].startswith(f"{db}: ")
+    assert res.err_lines[0].count(str(db)) == 1, res  # the path once, not twice
+    if kind == "missing":
+        assert res.err_lines[0] == f"{db}: no such file"
 
 
 # -- version and usage -----------------------------------------------------------------------

@@ -74,6 +74,11 @@ def auditor_verify(db: Path) -> int:
     for seq, ts, kind, door, device, data, prev_hash, h in rows:
         assert seq == expected_seq
         assert prev_hash == prev
+        assert isinstance(data, str)
+        assert (
+            json.dumps(json.loads(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+            == data
+        )
         body = json.dumps(
             [seq, ts, kind, door, device, json.loads(data)],
             sort_keys=True,
