@@ -430,6 +430,13 @@ class Daemon:
         }
 
     async def _events(self, req: Request, reply: Reply) -> None:
+        """``events``: a page of the journal; with ``follow``, then every new entry, gap-free.
+
+        Without ``after``: the newest ``limit`` entries; with it, entries after that seq (a
+        page of ``limit``, or with ``follow`` all of them). A follow never skips or repeats an
+        entry: it pages the journal from the last entry sent up to the head, then streams
+        live entries, and a follower that falls behind resumes from the journal by seq.
+        """
         assert self.journal is not None
         after = arg(req, "after", int, required=False, default=None)
         limit = arg(req, "limit", int, required=False, default=50)
@@ -439,29 +446,21 @@ class Daemon:
         if not 1 <= limit <= 10_000:
             raise CommandError("limit must be between 1 and 10000")
         await self.journal.flush()  # a reader sees everything recorded before it asked
-        sub = self.journal.subscribe() if follow else None
-        try:
+        if not follow:
             if after is None:
-                backlog = await self.journal.tail(limit)
+                page = await self.journal.tail(limit)
             else:
-                backlog = await self.journal.read(after, limit)
-            if not follow:
-                await reply(ok(req.id, events=[e.to_json() for e in backlog]))
-                return
-            assert sub is not None
-            await reply(ok(req.id, following=True))
-            last = 0
-            for e in backlog:
-                await reply({"event": e.to_json()})
-                last = e.seq
-            while True:
-                entry = await sub.get()
-                if entry.seq > last:
-                    await reply({"event": entry.to_json()})
-                    last = entry.seq
-        finally:
-            if sub is not None:
-                self.journal.unsubscribe(sub)
+                page = await self.journal.read(after, limit)
+            await reply(ok(req.id, events=[e.to_json() for e in page]))
+            return
+        # the newest `limit` entries to start from, else everything after `after`
+        first = await self.journal.tail(limit) if after is None else []
+        await reply(ok(req.id, following=True))
+        last = after if after is not None else (first[0].seq - 1 if first else 0)
+        # aclosing: a client that hangs up (or a shutdown) ends the subscription at once
+        async with contextlib.aclosing(self.journal.follow(last, page=limit)) as stream:
+            async for entry in stream:
+                await reply({"event": entry.to_json()})
 
 
 async def run_daemon(

@@ -47,7 +47,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -760,7 +760,7 @@ class Subscription(asyncio.Queue[Entry]):
     The writer never waits for a follower: if this queue is full when an entry is published,
     the subscription is dropped (``dropped`` becomes True) and, once the entries already queued
     are consumed, ``get()`` raises JournalError. Resume with ``read(after_seq=<last seen>)``
-    after subscribing again.
+    after subscribing again - ``JournalWriter.follow`` does all of that.
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -898,6 +898,34 @@ class JournalWriter:
         queue = Subscription(self._subscriber_queue_size if maxsize is None else maxsize)
         self._subscribers.append(queue)
         return queue
+
+    async def follow(self, after_seq: int = 0, *, page: int = 1000) -> AsyncGenerator[Entry, None]:
+        """Yield every committed entry with seq > ``after_seq`` in order, then each new one.
+
+        Never a gap, never a duplicate, and nothing lost to a slow consumer: it subscribes
+        first, then reads the journal page by page up to its head, then streams what the
+        subscription delivers (seq > the last yielded). If the subscription is dropped (the
+        consumer fell behind), it subscribes again and resumes from the journal by seq. Only a
+        journal error (a damaged row, a closed journal) ends it, by raising.
+        """
+        if page < 1:
+            raise ValueError("page must be >= 1")
+        last = after_seq
+        while True:
+            sub = self.subscribe()
+            try:
+                while batch := await self.read(last, page):  # catch up from the journal
+                    for entry in batch:
+                        yield entry
+                        last = entry.seq
+                while not (sub.dropped and sub.empty()):  # then live, until dropped
+                    entry = await sub.get()
+                    if entry.seq > last:
+                        yield entry
+                        last = entry.seq
+                log.warning("journal.follower_resumed", after_seq=last)
+            finally:
+                self.unsubscribe(sub)
 
     def unsubscribe(self, queue: asyncio.Queue[Entry]) -> None:
         """Stop publishing to ``queue``; unknown queues are ignored."""
