@@ -49,12 +49,14 @@ import json
 import math
 import os
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from controller.errors import JournalCorruptError
 from controller.journal import Entry
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "DoorSummary",
     "Incident",
     "IncidentSummary",
+    "ReportDataError",
     "StateChange",
     "TimelineEvent",
     "TriggerInfo",
@@ -127,6 +130,14 @@ class UnknownIncidentError(KeyError):
     def __str__(self) -> str:
         """The message, unquoted (KeyError would repr it)."""
         return str(self.args[0])
+
+
+class ReportDataError(JournalCorruptError, ValueError):
+    """A journal entry a report needs cannot be used (a bad timestamp); names its seq.
+
+    A ``JournalCorruptError`` (so the control API answers with one error line naming the
+    row: ``journal row 17: bad timestamp '...'``) and a ValueError (what it used to be).
+    """
 
 
 # --------------------------------------------------------------------------- records
@@ -370,7 +381,7 @@ def _parse_ts(entry: Entry) -> datetime:
     try:
         moment = datetime.fromisoformat(entry.ts)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"journal entry {entry.seq}: bad timestamp {entry.ts!r}") from exc
+        raise ReportDataError(entry.seq, f"bad timestamp {entry.ts!r}") from exc
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
@@ -392,6 +403,75 @@ class _Clock:
     def since(self, entry: Entry) -> float:
         """Seconds from t0 to ``entry``, never negative (for figures)."""
         return max(0.0, self.rel(entry))
+
+
+_HOLD_DELAY_MAX_S: Final = 1.0
+"""Most the wall clock may put between a trigger and the start of its hold (state persisted)."""
+
+
+def _elapsed_s(entry: Entry) -> float | None:
+    """The runner's monotonic ``elapsed_ms`` of a ``lockdown.status``, in seconds, if valid."""
+    value = entry.data.get("elapsed_ms")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    seconds = float(value) / 1000
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def _figure_times(
+    members: Sequence[Entry], span: Sequence[Entry], origin: Entry, clock: _Clock
+) -> dict[int, float]:
+    """Seconds after t0 of every entry of ``span`` for the figures, by seq (see module doc).
+
+    Anchors are the incident's ``lockdown.status`` records with ``elapsed_ms`` (monotonic time
+    since the hold began, immune to wall-clock steps); within one run of the daemon, an
+    anchor's time is the hold's start plus its elapsed time. Other entries take the wall-clock
+    distance from the anchor before them, kept between that anchor and the next. Without
+    anchors (an older journal) this is empty and the wall clock alone is used.
+    """
+    anchors: list[tuple[int, float, Entry]] = []
+    offset: float | None = None  # seconds from t0 to the start of the current hold
+    last_elapsed = 0.0
+    for e in members:
+        if e.seq < origin.seq:
+            continue
+        if e.kind == "lockdown.restored":
+            offset = None  # a restart: the runner's monotonic clock starts again
+            continue
+        elapsed = _elapsed_s(e) if e.kind == "lockdown.status" else None
+        if elapsed is None:
+            continue
+        if offset is None or elapsed < last_elapsed:
+            if not anchors:
+                # the hold began between the trigger and this status: persisting the state
+                # takes milliseconds; more than that means the wall clock stepped meanwhile
+                delay = clock.rel(e) - elapsed
+                offset = delay if 0.0 <= delay <= _HOLD_DELAY_MAX_S else 0.0
+            else:  # after a restart only the wall clock spans the downtime
+                _, prev_t, prev = anchors[-1]
+                offset = prev_t + max(0.0, clock.rel(e) - clock.rel(prev)) - elapsed
+        last_elapsed = elapsed
+        anchors.append((e.seq, offset + elapsed, e))
+    if not anchors:
+        return {}
+    seqs = [a[0] for a in anchors]
+    times: dict[int, float] = {}
+    for e in span:
+        i = bisect.bisect_left(seqs, e.seq)
+        if i < len(seqs) and seqs[i] == e.seq:
+            times[e.seq] = _round(anchors[i][1])
+            continue
+        if e.seq < origin.seq:
+            continue
+        if i == 0:
+            t = clock.since(e)
+        else:
+            _, prev_t, prev = anchors[i - 1]
+            t = max(prev_t, prev_t + clock.rel(e) - clock.rel(prev))
+        if i < len(anchors):
+            t = min(t, anchors[i][1])
+        times[e.seq] = _round(max(0.0, t))
+    return times
 
 
 # --------------------------------------------------------------------------- building
@@ -477,6 +557,12 @@ def _build(
     hi = bisect.bisect_right(seqs, end.seq) if end is not None else len(ordered)
     member_seqs = {e.seq for e in members}
     others = [e for e in ordered[lo:hi] if e.seq not in member_seqs]
+    span = sorted([*members, *others], key=lambda e: e.seq)
+    fig_times = _figure_times(members, span, origin, clock)
+
+    def fig(e: Entry) -> float:
+        """Seconds after t0 for figures: monotonic where journaled, never negative."""
+        return fig_times.get(e.seq, clock.since(e))
 
     triggers: list[TriggerInfo] = []
     door_events: list[DoorEvent] = []
@@ -573,7 +659,7 @@ def _build(
                     status_propped.append(name)
             doors_total = total
             if e.seq >= origin.seq:
-                t = clock.since(e)
+                t = fig(e)
                 if not series:
                     series.append((0.0, 0, total))
                 t = max(t, series[-1][0])
@@ -672,13 +758,13 @@ def _build(
         DoorSummary(
             door=name,
             secured_ts=a.secured.ts if a.secured else None,
-            secured_s=clock.since(a.secured) if a.secured else None,
+            secured_s=fig(a.secured) if a.secured else None,
             failed=a.failed or name in status_failed,
             failed_detail=a.failed_detail,
             propped=a.propped or name in status_propped,
             drifts=a.drifts,
             last_status=a.last_status,
-            released_s=clock.rel(a.released) if a.released else None,
+            released_s=fig(a.released) if a.released else None,
         )
         for name, a in doors.items()
     ]
@@ -697,9 +783,9 @@ def _build(
         ended=end.ts if end is not None else None,
         end_how=(_str(end.data, "how") or None) if end is not None else None,
         ended_by=_strs(end.data, "by") if end is not None else (),
-        duration_s=clock.since(end) if end is not None else None,
+        duration_s=fig(end) if end is not None else None,
         last_seen=last.ts,
-        elapsed_s=clock.since(last),
+        elapsed_s=fig(last),
         triggers=tuple(triggers),
         doors_total=doors_total if doors_total is not None else len(doors),
         doors=tuple(summaries),
@@ -945,22 +1031,76 @@ def _tables(inc: Incident) -> list[tuple[str, list[str], list[list[str]], str]]:
 # --------------------------------------------------------------------------- renderers
 
 
-def render_json(incident: Incident) -> str:
-    """The incident as a JSON document (``Incident.to_json``), indented, keys sorted."""
-    return (
-        json.dumps(
-            incident.to_json(), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False
-        )
-        + "\n"
+_NAMED_ESCAPES: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    """A visible Python-style escape of one character: ``\\x1b``, ``\\u202e``, ``\\U000e0001``."""
+    code = ord(ch)
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _visible(text: str) -> str:
+    """``text`` safe for a terminal and a reader: no control, format or separator characters.
+
+    Controls (C0 incl. newline, DEL, C1 incl. the 8-bit CSI), format characters (bidi
+    overrides and isolates, zero-width characters), line/paragraph separators, surrogates,
+    private-use and unassigned characters become visible escapes (ESC -> ``\\x1b``,
+    RIGHT-TO-LEFT OVERRIDE -> ``\\u202e``); other spaces become a plain space.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else " " if unicodedata.category(ch) == "Zs" else _escape_char(ch)
+        for ch in text
     )
+
+
+def _json_escape_invisible(text: str) -> str:
+    """JSON text with every non-printable character inside strings as a ``\\uXXXX`` escape.
+
+    ``json.dumps(ensure_ascii=False)`` escapes only C0 controls; C1 controls (a terminal's
+    8-bit CSI), bidi overrides and the like would reach a terminal raw. Outside strings the
+    text holds only printable ASCII, spaces and newlines, so the newlines are kept.
+    """
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\n" or ch.isprintable():
+            out.append(ch)
+        elif code > 0xFFFF:
+            high, low = divmod(code - 0x10000, 0x400)
+            out.append(f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}")
+        else:
+            out.append(f"\\u{code:04x}")
+    return "".join(out)
+
+
+def render_json(incident: Incident) -> str:
+    """The incident as a JSON document (``Incident.to_json``), indented, keys sorted.
+
+    Non-printable characters of journal text are ``\\u`` escapes (same values, safe output).
+    """
+    text = json.dumps(
+        incident.to_json(), indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False
+    )
+    return _json_escape_invisible(text) + "\n"
 
 
 _MD_SPECIAL: Final = frozenset("\\`*_[]<|~&")  # enough mid-line: no line starts with text
 
 
 def _md(text: str) -> str:
-    """Escape ``text`` for one Markdown table cell or line: punctuation, newlines, pipes."""
-    flat = " ".join(str(text).split())
+    """Escape ``text`` for one Markdown table cell or line: punctuation, pipes, and controls.
+
+    Control and format characters (newline, ESC, bidi overrides...) become visible escapes
+    first (``_visible``), so journal text can neither break a line nor drive a terminal.
+    """
+    flat = " ".join(_visible(str(text)).split())  # runs of spaces, as one
     return "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in flat)
 
 
@@ -992,7 +1132,8 @@ def render_markdown(incident: Incident) -> str:
 
 
 def _h(text: object) -> str:
-    return html.escape(str(text), quote=True)
+    """HTML-escape ``text`` after making control and format characters visible."""
+    return html.escape(_visible(str(text)), quote=True)
 
 
 _CSS: Final = """

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.errors import JournalCorruptError
 from controller.journal import Entry, format_ts
 from controller.lockdown.report import (
     FORMATS,
@@ -45,12 +46,15 @@ class Fab:
         self.base = base
         self.t = 0.0
         self.entries: list[Entry] = []
+        self.trigger_at: dict[int, float] = {}  # incident -> offset of its first trigger
 
     def add(
         self, kind: str, at: float | None = None, *, on: str | None = None, **data: Any
     ) -> Entry:
         """Append an entry ``at`` seconds after BASE (default 1 ms after the last); ``on``: door."""
         self.t = self.t + 0.001 if at is None else at
+        if kind == "lockdown.trigger" and not data.get("again"):
+            self.trigger_at.setdefault(data.get("incident", 0), self.t)
         entry = Entry(
             seq=len(self.entries) + 1,
             ts=format_ts(self.base + timedelta(seconds=self.t)),
@@ -94,7 +98,7 @@ def status(
         total=total,
         failed=list(failed),
         propped=list(propped),
-        elapsed_ms=at * 1000,
+        elapsed_ms=(at - fab.trigger_at.get(incident, 0.0)) * 1000,  # as the runner: mono
     )
 
 
@@ -1073,6 +1077,8 @@ def check_all_renderers(inc: Incident) -> None:
     assert render_markdown(inc)
     check_html(render_html(inc))
     ET.fromstring(render_svg_plot(inc))
+    for text in (render_json(inc), render_markdown(inc), render_html(inc), render_svg_plot(inc)):
+        assert_terminal_safe(text)
     ET.fromstring(render_svg_plot(inc, width=10, height=10))
 
 
@@ -1149,3 +1155,95 @@ def test_damaged_data_never_crashes(rows: list[tuple[str, int, dict[str, Any]]])
         fab.add(kind, incident=inc, **data)
     for s in list_incidents(fab.entries):
         check_all_renderers(build_incident(fab.entries, s.id))
+
+
+# --------------------------------------------------------------------------- terminal safety
+
+
+def assert_terminal_safe(text: str) -> None:
+    """Only printable characters and newlines: nothing a terminal would act on."""
+    bad = sorted({f"U+{ord(c):04X}" for c in text if c != "\n" and not c.isprintable()})
+    assert not bad, bad
+
+
+HOSTILE = [
+    "drill\n    999 2026-11-29T12:00:00.000000Z door.state   tcp1-d0   state=unlocked",
+    "\x1b[8mhidden\x1b[0m",
+    "\x1b]0;title\x07",
+    "\x9b2J 8-bit CSI",
+    "abc\u202edcba",  # RIGHT-TO-LEFT OVERRIDE
+    "\u2066isolate\u2069 \u200bzero-width",
+    "line\u2028separator\r\ttab\x00nul\x7fdel",
+]
+hostile_text = st.sampled_from(HOSTILE) | st.text(max_size=20)
+
+
+@given(reason=hostile_text, who=hostile_text, door=hostile_text, person=hostile_text)
+def test_journal_text_never_reaches_the_terminal_raw(
+    reason: str, who: str, door: str, person: str
+) -> None:
+    fab = Fab()
+    fab.add(
+        "lockdown.trigger",
+        1.0,
+        incident=1,
+        scope="site",
+        source="operator",
+        who=who,
+        where=door,
+        reason=reason,
+        again=False,
+    )
+    fab.add("lockdown.door", 1.1, on=door, incident=1, door=door, status="failed", detail=reason)
+    fab.add("lockdown.override", 1.2, incident=1, door=door, reader=who, cardholder=person)
+    fab.add("lockdown.allclear", 2.0, incident=1, person=person, via=reason, n=1)
+    inc = build_incident(fab.entries, 1)
+    benign = build_incident(_benign(), 1)
+    md = render_markdown(inc)
+    for text in (md, render_json(inc), render_html(inc), render_svg_plot(inc)):
+        assert_terminal_safe(text)
+    # no forged lines: the Markdown has as many lines as the same report with plain text
+    assert len(md.splitlines()) == len(render_markdown(benign).splitlines())
+    # JSON keeps the exact values (escapes are JSON's own)
+    data = json.loads(render_json(inc))
+    assert data["triggers"][0]["reason"] == reason
+    assert data["triggers"][0]["who"] == who
+    assert [o["cardholder"] for o in data["overrides"]] == [person]
+    # what the Markdown shows of ESC is a visible escape
+    if "\x1b" in reason:
+        assert "\\x1b" in md
+
+
+def _benign() -> list[Any]:
+    fab = Fab()
+    fab.add(
+        "lockdown.trigger",
+        1.0,
+        incident=1,
+        scope="site",
+        source="operator",
+        who="w",
+        where="d",
+        reason="r",
+        again=False,
+    )
+    fab.add("lockdown.door", 1.1, on="d", incident=1, door="d", status="failed", detail="r")
+    fab.add("lockdown.override", 1.2, incident=1, door="d", reader="w", cardholder="p")
+    fab.add("lockdown.allclear", 2.0, incident=1, person="p", via="r", n=1)
+    return fab.entries
+
+
+def test_a_bad_timestamp_is_one_error_naming_the_row() -> None:
+    fab = Fab()
+    fab.add("lockdown.trigger", 1.0, incident=1, scope="site", source="operator")
+    fab.add("lockdown.status", 1.1, incident=1, confirmed=0, total=1)
+    broken = fab.entries[1]
+    fab.entries[1] = Entry(
+        broken.seq, "not a time", broken.kind, None, None, broken.data, "0" * 64, "0" * 64
+    )
+    with pytest.raises(JournalCorruptError) as info:
+        list_incidents(fab.entries)
+    assert info.value.seq == 2
+    assert str(info.value) == "journal row 2: bad timestamp 'not a time'"
+    with pytest.raises(ValueError, match="row 2"):  # still a ValueError, as before
+        build_incident(fab.entries, 1)
