@@ -4,19 +4,23 @@ is followed by every later entry, never a gap, never a duplicate (review D)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.integration.conftest import ApiConnection, running_daemon, simulated_site
 
 
-async def _stream_until_quiet(conn: ApiConnection) -> list[int]:
-    seqs: list[int] = []
+async def _read_until(conn: ApiConnection, seqs: list[int], done: Any) -> None:
+    """Append streamed seqs until ``done(event)``; fail on anything but an event line."""
     while True:
-        try:
-            msg = await conn.read(within=1.5)
-        except AssertionError:  # nothing more within the time: the stream is idle
-            return seqs
+        msg = await conn.read(within=20)
         assert set(msg) == {"event"}, msg  # never an error line
         seqs.append(msg["event"]["seq"])
+        if done(msg["event"]):
+            return
+
+
+def _is_live(source: str) -> Any:
+    return lambda e: e["kind"] == "door.command" and e["data"].get("source") == source
 
 
 async def test_follow_after_with_a_small_limit_streams_every_entry_once(tmp_path: Path) -> None:
@@ -26,16 +30,17 @@ async def test_follow_after_with_a_small_limit_streams_every_entry_once(tmp_path
             await daemon.api("door", action="lock", door=door, source=f"pre{i}")
         head = await daemon.seq()
         assert head > 6
+        seqs: list[int] = []
         async with await ApiConnection.open(daemon.socket) as conn:
             assert await conn.call("events", follow=True, after=0, limit=3, id="f") == {
                 "ok": True,
                 "following": True,
                 "id": "f",
             }
-            seqs = await _stream_until_quiet(conn)
-            assert seqs[:head] == list(range(1, head + 1))  # the whole backlog, in order
+            await _read_until(conn, seqs, lambda e: e["seq"] >= head)
+            assert seqs == list(range(1, head + 1))  # the whole backlog, in order
             await daemon.api("door", action="lock", door=door, source="live")
-            seqs += await _stream_until_quiet(conn)
+            await _read_until(conn, seqs, _is_live("live"))
         assert seqs == list(range(1, max(seqs) + 1))  # no gap, no duplicate
         assert max(seqs) > head
 
@@ -46,10 +51,10 @@ async def test_follow_without_after_starts_at_the_newest_entries(tmp_path: Path)
         for i in range(4):
             await daemon.api("door", action="lock", door=door, source=f"pre{i}")
         head = await daemon.seq()
+        seqs: list[int] = []
         async with await ApiConnection.open(daemon.socket) as conn:
             assert (await conn.call("events", follow=True, limit=2))["following"] is True
-            seqs = await _stream_until_quiet(conn)
             await daemon.api("door", action="lock", door=door, source="live")
-            seqs += await _stream_until_quiet(conn)
+            await _read_until(conn, seqs, _is_live("live"))
         assert seqs[0] >= head - 1  # the newest `limit` entries at the request, then on
         assert seqs == list(range(seqs[0], max(seqs) + 1))
