@@ -9,8 +9,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
+import re
+import stat
 import sys
+import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -22,6 +27,12 @@ from controller.errors import CommandError, DaemonNotRunningError
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
+
+IMPORT_MAX_BYTES = 512 * 1024 * 1024  # the daemon's upload limit (control-api.md, import)
+LIST_LIMIT_MAX = 100_000  # --limit of the cardholder and credential lists
+PULSE_MAX_S = 3600.0  # the daemon's limit for a pulse (control-api.md, door)
+FILE_MODE = 0o640  # files wardctl writes hold personal data: like the daemon's report writer
+DIR_MODE = 0o750
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     door = sub.add_parser("door", help="command a door", parents=[common])
     door.add_argument("action", choices=["pulse", "lock", "unlock"])
     door.add_argument("name")
-    door.add_argument("--duration", type=float, help="pulse length in seconds (pulse only)")
+    door.add_argument(
+        "--duration", type=_pulse_s, help="pulse length in seconds, 0 < S <= 3600 (pulse only)"
+    )
     door.add_argument(
         "--override",
         action="store_true",
@@ -88,6 +101,30 @@ def _after_id(text: str) -> int:
     return value
 
 
+def _list_limit(text: str) -> int:
+    """argparse type: --limit of a list (1 .. 100000)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= LIST_LIMIT_MAX:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {LIST_LIMIT_MAX} (got {text})")
+    return value
+
+
+def _pulse_s(text: str) -> float:
+    """argparse type: a pulse length in seconds, more than 0 and at most 3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= PULSE_MAX_S):
+        raise argparse.ArgumentTypeError(
+            f"--duration must be more than 0 and at most {PULSE_MAX_S:g} seconds (got {text})"
+        )
+    return value
+
+
 def _moment(text: str) -> str:
     """argparse type: a validity bound as the daemon reads it (a date, or a date-time)."""
     stripped = text.strip()
@@ -121,7 +158,7 @@ def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     add.add_argument("--valid-until", type=_moment, help="ISO-8601 date or date-time")
     lst = chs.add_parser("list", help="list cardholders", parents=[common])
     lst.add_argument("--name", help="name contains")
-    lst.add_argument("--limit", type=int, default=100, help="at most N rows (default 100)")
+    lst.add_argument("--limit", type=_list_limit, default=100, help="at most N rows (default 100)")
     lst.add_argument("--after", type=_after_id, default=0, help="ids above this (the next page)")
     show = chs.add_parser("show", help="one cardholder with credentials", parents=[common])
     show.add_argument("id", type=_row_id)
@@ -145,7 +182,9 @@ def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     rev.add_argument("--card", help="revoke by card instead of id")
     lst = crs.add_parser("list", help="list credentials (masked)", parents=[common])
     lst.add_argument("--cardholder", type=_row_id)
-    lst.add_argument("--limit", type=int, default=1000, help="at most N rows (default 1000)")
+    lst.add_argument(
+        "--limit", type=_list_limit, default=1000, help="at most N rows (default 1000)"
+    )
     lst.add_argument("--after", type=_after_id, default=0, help="ids above this (the next page)")
     imp = crs.add_parser("import", help="import a CSV, all or nothing", parents=[common])
     imp.add_argument("file", type=Path)
@@ -223,7 +262,9 @@ def _lockdown_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     incs.add_parser("list", help="lockdowns and evacuations so far", parents=[common])
     rep = incs.add_parser("report", help="the timeline of one incident", parents=[common])
     rep.add_argument("id", type=int)
-    rep.add_argument("--format", choices=["md", "json", "html"], default="md")
+    rep.add_argument(
+        "--format", choices=["md", "json", "html"], help="default: md (json with --json)"
+    )
     rep.add_argument("--out", type=Path, help="directory to write the report (and its plot) to")
 
 
@@ -259,7 +300,7 @@ def _lockdown_text(st: dict[str, Any]) -> str:
         lines.append(f"  fire inputs not readable: {', '.join(st['fire_inputs_unknown'])}")
     if st.get("persist_error"):
         lines.append(f"  ALARM: lockdown state not saved ({st['persist_error']}); retrying")
-    return "\n".join(lines)
+    return "\n".join(_printable(line) for line in lines)  # a reason is text from anyone
 
 
 def _lockdown(args: argparse.Namespace, client: ControlClient, out: TextIO) -> int:
@@ -279,11 +320,10 @@ def _lockdown(args: argparse.Namespace, client: ControlClient, out: TextIO) -> i
             reply = client.call("lockdown.status")
         elif action == "evacuate":
             reply = client.call("lockdown.evacuate", reason=args.reason, drill=args.drill, **req)
-        else:
-            pin = _read_pin(args)
-            if pin is None:
-                raise _Usage("give the PIN with --pin-prompt or --pin-stdin")
-            reply = client.call(f"lockdown.{action}", cardholder=args.cardholder, pin=pin, **req)
+        else:  # the PIN was read before connecting (_prepare)
+            reply = client.call(
+                f"lockdown.{action}", cardholder=args.cardholder, pin=args.pin, **req
+            )
     elif cmd == "threat-level":
         reply = client.call("threat-level.set", level=args.level)
     elif cmd == "fire":
@@ -291,6 +331,9 @@ def _lockdown(args: argparse.Namespace, client: ControlClient, out: TextIO) -> i
     else:
         return _incident(args, client, out)
     reply.pop("ok", None)
+    warning = reply.get("warning")
+    if warning and not as_json:  # e.g. a threat level out of range: the lockdown still happened
+        print(f"wardctl: warning: {_printable(str(warning))}", file=sys.stderr)
     _emit(out, as_json, reply, _lockdown_text(reply))
     return 0
 
@@ -302,35 +345,177 @@ def _incident(args: argparse.Namespace, client: ControlClient, out: TextIO) -> i
         cols = ["id", "scope", "kind", "drill", "started", "ended", "trigger"]
         _emit(out, as_json, rows, _table(rows, [*cols, "time_to_full_lockdown_s"]))
         return 0
-    fmt = args.format
+    fmt = args.format or ("json" if as_json else "md")
     reply = client.call("incident.report", incident=args.id, format=fmt)
-    text = str(reply["text"])
+    text = reply.get("text")
+    if not isinstance(text, str):
+        raise client.unexpected()
     if args.out is None:
-        out.write(text if text.endswith("\n") else text + "\n")
+        if not as_json:
+            out.write(text if text.endswith("\n") else text + "\n")
+        elif fmt == "json":  # the report itself, as one JSON document
+            try:
+                report = json.loads(text)
+            except ValueError:
+                raise client.unexpected() from None
+            out.write(json.dumps(report, indent=2) + "\n")
+        else:  # --json with an explicit other format: the text in a JSON envelope
+            out.write(json.dumps({"incident": args.id, "format": fmt, "text": text}) + "\n")
         return 0
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"incident-{args.id}.{fmt}"
-    path.write_text(text, encoding="utf-8")
-    written = [path]
+    files = {f"incident-{args.id}.{fmt}": text}
     if fmt == "html":
-        svg = client.call("incident.report", incident=args.id, format="svg")["text"]
-        plot = args.out / f"incident-{args.id}.svg"
-        plot.write_text(str(svg), encoding="utf-8")
-        written.append(plot)
-    out.write("".join(f"wrote {p}\n" for p in written))
+        svg = client.call("incident.report", incident=args.id, format="svg").get("text")
+        if not isinstance(svg, str):
+            raise client.unexpected()
+        files[f"incident-{args.id}.svg"] = svg
+    _make_dir(args.out)
+    written = []
+    for name, body in files.items():
+        path = args.out / name
+        _write_atomic(path, body if body.endswith("\n") else body + "\n")
+        written.append(path)
+    if as_json:
+        out.write(json.dumps({"written": [str(p) for p in written]}, indent=2) + "\n")
+    else:
+        out.write("".join(f"wrote {_printable(str(p))}\n" for p in written))
     return 0
 
 
+class _LocalFileError(Exception):
+    """A local file or directory wardctl must write cannot be (exit 2: nothing of the daemon's)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _check_out_dir(path: Path) -> None:
+    """_LocalFileError unless ``path`` is, or can be made as, a writable directory."""
+    probe = path
+    while True:
+        try:
+            st = os.stat(probe)
+        except FileNotFoundError:
+            if probe.parent == probe:
+                raise _LocalFileError(path, "No such file or directory") from None
+            probe = probe.parent
+            continue
+        except OSError as exc:
+            raise _LocalFileError(path, _reason(exc)) from None
+        break
+    if not stat.S_ISDIR(st.st_mode):
+        what = "Not a directory" if probe == path else f"{probe} is not a directory"
+        raise _LocalFileError(path, what)
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise _LocalFileError(path, "Permission denied")
+
+
+def _make_dir(path: Path) -> None:
+    """Make ``path`` (and missing parents) with mode 0750; _LocalFileError if it cannot be."""
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        missing.append(probe)
+        probe = probe.parent
+    try:
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(directory, DIR_MODE)
+        if not path.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+    except OSError as exc:
+        raise _LocalFileError(path, _reason(exc)) from None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temp file beside it, then rename), mode 0640."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise _LocalFileError(path, _reason(exc)) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise _LocalFileError(path, _reason(exc)) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_out_file(path: Path) -> None:
+    """_LocalFileError unless ``path`` can be written (checked before anything is sent)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise _LocalFileError(path, _reason(exc)) from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise _LocalFileError(path, "Is a directory")
+    if st is not None and (path.is_symlink() or not stat.S_ISREG(st.st_mode)):
+        if not os.access(path, os.W_OK):  # written in place (e.g. /dev/stdout, a FIFO)
+            raise _LocalFileError(path, "Permission denied")
+        return
+    parent = path.parent
+    try:
+        pst = os.stat(parent)
+    except OSError as exc:
+        raise _LocalFileError(path, _reason(exc)) from None
+    if not stat.S_ISDIR(pst.st_mode):
+        raise _LocalFileError(path, "Not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise _LocalFileError(path, "Permission denied")
+
+
+def _write_out_file(path: Path, text: str) -> None:
+    """Write ``path``: atomically (mode 0640) unless it is a symlink or a special file."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        try:
+            with path.open("w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
+        except OSError as exc:
+            raise _LocalFileError(path, _reason(exc)) from None
+        return
+    _write_atomic(path, text)
+
+
 def _read_pin(args: argparse.Namespace) -> str | None:
+    """The PIN from the terminal or stdin as asked; None if neither was asked.
+
+    End of input, or an empty PIN, when a PIN was asked for is a usage error.
+    """
     if getattr(args, "pin_prompt", False):
         import getpass
 
-        first = getpass.getpass("PIN: ")
-        if getpass.getpass("PIN again: ") != first:
+        try:
+            with warnings.catch_warnings():
+                # without a terminal getpass reads stdin and says so itself, in one line
+                warnings.simplefilter("ignore", getpass.GetPassWarning)
+                first = getpass.getpass("PIN: ")
+                if not first:
+                    raise _Usage("no PIN given")
+                again = getpass.getpass("PIN again: ")
+        except EOFError:
+            if sys.stderr.isatty():
+                sys.stderr.write("\n")  # end the prompt's line
+            raise _Usage("no PIN given (end of input at the PIN prompt)") from None
+        if again != first:
             raise _Usage("the two PINs differ")
         return first
     if getattr(args, "pin_stdin", False):
-        return sys.stdin.readline().strip()
+        pin = sys.stdin.readline().strip()
+        if not pin:
+            raise _Usage("no PIN given on standard input")
+        return pin
     return None
 
 
@@ -348,8 +533,30 @@ def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ",".join(str(v) for v in value) or "-"
-    return str(value)
+        return _printable(",".join(str(v) for v in value)) or "-"
+    return _printable(str(value))
+
+
+# C0 and C1 controls, DEL, line/paragraph separators and bidirectional formatting characters:
+# shown escaped, so text from the journal or the store cannot forge a line, move the cursor,
+# recolour the terminal or reorder what is shown
+_UNSAFE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    ch = match.group()
+    if ch in _ESCAPES:
+        return _ESCAPES[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def _printable(text: str) -> str:
+    """``text`` safe for a terminal: control and bidi characters escaped (\\n, \\x1b, \\u202e)."""
+    return _UNSAFE.sub(_escape, text)
 
 
 def _more(rows: list[dict[str, Any]], limit: int) -> str:
@@ -371,9 +578,8 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             req: dict[str, Any] = {"name": args.name, "privileges": args.privilege}
             if args.level:
                 req["levels"] = args.level
-            pin = _read_pin(args)
-            if pin is not None:
-                req["pin"] = pin
+            if args.pin is not None:  # read before connecting (_prepare)
+                req["pin"] = args.pin
             if args.valid_from:
                 req["valid_from"] = args.valid_from
             if args.valid_until:
@@ -439,7 +645,7 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
                 + _more(rows, args.limit),
             )
         elif action == "import":
-            return _import(args.file, client, out, as_json)
+            return _import(args.file, args.import_data, client, out, as_json)
         elif action == "export":
             chunks = []
             for msg in _until_done(client.stream("credential.export"), "export"):
@@ -447,8 +653,8 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             text = "".join(chunks)
             if args.file is None:
                 out.write(text)
-            else:
-                args.file.write_text(text, encoding="utf-8")
+            else:  # checked before anything was sent (_prepare); written once all arrived
+                _write_out_file(args.file, text)
         return 0
     if cmd == "access-level":
         if action == "add":
@@ -490,13 +696,41 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
     raise _Usage(f"unknown command {cmd!r}")  # pragma: no cover
 
 
-def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> int:
+def _read_import(path: Path) -> str:
+    """The import file's text: a regular file of at most the daemon's upload limit, UTF-8.
+
+    Read before connecting; anything else is a usage error (a device or FIFO is never read).
+    """
     try:
-        data = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise _Usage(f"cannot read {path}: {exc.strerror}") from None
+        raise _Usage(f"cannot read {path}: {_reason(exc)}") from None
+    st = os.fstat(fd)
+    problem = ""
+    if stat.S_ISDIR(st.st_mode):
+        problem = f"cannot read {path}: Is a directory"
+    elif not stat.S_ISREG(st.st_mode):
+        problem = f"cannot read {path}: not a regular file"
+    too_big = f"{path} is larger than {IMPORT_MAX_BYTES // 2**20} MiB (the import limit)"
+    if not problem and st.st_size > IMPORT_MAX_BYTES:
+        problem = too_big
+    if problem:
+        os.close(fd)
+        raise _Usage(problem)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            raw = f.read(IMPORT_MAX_BYTES + 1)
+        except OSError as exc:
+            raise _Usage(f"cannot read {path}: {_reason(exc)}") from None
+    if len(raw) > IMPORT_MAX_BYTES:  # it grew while we read it
+        raise _Usage(too_big)
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Usage(f"{path} is not UTF-8 (byte {exc.start})") from None
+
+
+def _import(path: Path, data: str, client: ControlClient, out: TextIO, as_json: bool) -> int:
     upload = client.call("credential.import.begin", name=str(path))
     token, chunk = upload["upload"], int(upload["chunk_max"])
     try:
@@ -531,7 +765,7 @@ def _import(path: Path, client: ControlClient, out: TextIO, as_json: bool) -> in
             "rows rejected\n"
         )
         for r in report.get("rejected", []):
-            out.write(f"{path}:{r['line']}: {r['reason']}\n")
+            out.write(f"{path}:{r['line']}: {_printable(str(r['reason']))}\n")
     return 0 if report.get("committed") else EXIT_FAILED
 
 
@@ -578,13 +812,17 @@ def _socket(args: argparse.Namespace) -> Path:
 
 
 def format_event(e: dict[str, Any]) -> str:
-    """One human line per journal entry."""
+    """One human line per journal entry, control characters escaped (it is one line)."""
     data = e.get("data") or {}
-    subject = e.get("door") or e.get("device") or ""
+    if not isinstance(data, dict):
+        data = {"data": data}
+    subject = str(e.get("door") or e.get("device") or "")
     details = " ".join(f"{k}={v}" for k, v in data.items() if v is not None and v != "")
-    return (
-        f"{e.get('seq', ''):>7} {e.get('ts', '')} {e.get('kind', ''):<18} {subject:<16} {details}"
+    line = (
+        f"{e.get('seq', '')!s:>7} {e.get('ts', '')} {e.get('kind', '')!s:<18} {subject:<16} "
+        f"{details}"
     )
+    return _printable(line)
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -599,8 +837,10 @@ def format_status(status: dict[str, Any]) -> str:
         else:
             lines += [banner, ""]
     lines += [
-        f"controller {status.get('controller')}  version {status.get('version')}  "
-        f"uptime {status.get('uptime_s')}s  journal #{status.get('journal_seq')}",
+        _printable(
+            f"controller {status.get('controller')}  version {status.get('version')}  "
+            f"uptime {status.get('uptime_s')}s  journal #{status.get('journal_seq')}"
+        ),
         "",
     ]
     header = ("DOOR", "ZONE", "STATE", "LOCK", "CONTACT", "ALARMS", "BOARD", "LINK")
@@ -622,9 +862,10 @@ def format_status(status: dict[str, Any]) -> str:
                 d["link"],
             )
         )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    for r in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    cells = [[_printable(str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     readers = status.get("readers", [])
     if readers:
         lines.append("")
@@ -641,16 +882,37 @@ def format_status(status: dict[str, Any]) -> str:
                     r.get("last_alarm") or "-",
                 )
             )
-        rw = [max(len(str(x[i])) for x in rrows) for i in range(len(rrows[0]))]
-        for x in rrows:
-            lines.append("  ".join(str(c).ljust(w) for c, w in zip(x, rw, strict=True)).rstrip())
+        rcells = [[_printable(str(c)) for c in x] for x in rrows]
+        rw = [max(len(x[i]) for x in rcells) for i in range(len(rcells[0]))]
+        for rrow in rcells:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(rrow, rw, strict=True)).rstrip())
     lines.append("")
     for b in status.get("boards", []):
         err = f"  ({b['error']})" if b.get("error") and b.get("link") != "up" else ""
         lines.append(
-            f"board {b['board']:<10} {b['link']:<12} {b['endpoint']} unit {b['unit_id']}{err}"
+            _printable(
+                f"board {b['board']!s:<10} {b['link']!s:<12} {b['endpoint']} "
+                f"unit {b['unit_id']}{err}"
+            )
         )
     return "\n".join(lines)
+
+
+def check_status(reply: dict[str, Any]) -> bool:
+    """True if ``reply`` has the shape of the daemon's ``status`` reply (lists of objects)."""
+    doors, boards = reply.get("doors"), reply.get("boards")
+    readers, lockdown = reply.get("readers", []), reply.get("lockdown")
+    door_keys = ("door", "zone", "state", "lock", "contact", "board", "link")
+    board_keys = ("board", "link", "endpoint", "unit_id")
+    return (
+        isinstance(doors, list)
+        and all(isinstance(d, dict) and all(k in d for k in door_keys) for d in doors)
+        and isinstance(boards, list)
+        and all(isinstance(b, dict) and all(k in b for k in board_keys) for b in boards)
+        and isinstance(readers, list)
+        and all(isinstance(r, dict) for r in readers)
+        and (lockdown is None or (isinstance(lockdown, dict) and "mode" in lockdown))
+    )
 
 
 def _check_usage(args: argparse.Namespace) -> None:
@@ -665,22 +927,46 @@ def _check_usage(args: argparse.Namespace) -> None:
         and (args.id is None) == (args.card is None)
     ):
         raise _Usage("give a credential id or --card, not both")
+    if (
+        args.command == "lockdown"
+        and args.action in ("clear", "end-evacuation")
+        and not (args.pin_prompt or args.pin_stdin)
+    ):
+        raise _Usage("give the PIN with --pin-prompt or --pin-stdin")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """Everything local, before connecting: usage, PINs, files to read and places to write.
+
+    A problem found here is a usage error (exit 2) and nothing is sent to the daemon.
+    """
+    _check_usage(args)
+    if args.command == "cardholder" and args.action == "add":
+        args.pin = _read_pin(args)
+    if args.command == "lockdown" and args.action in ("clear", "end-evacuation"):
+        args.pin = _read_pin(args)
+    if args.command == "credential" and args.action == "import":
+        args.import_data = _read_import(args.file)
+    if args.command == "credential" and args.action == "export" and args.file is not None:
+        _check_out_file(args.file)
+    if args.command == "incident" and args.action == "report" and args.out is not None:
+        _check_out_dir(args.out)
 
 
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     as_json = bool(getattr(args, "json", False))
-    _check_usage(args)
+    _prepare(args)
     with ControlClient(_socket(args)) as client:
         if args.command == "status":
             reply = client.call("status")
             reply.pop("ok", None)
+            if not check_status(reply):
+                raise client.unexpected()
             out.write(
                 json.dumps(reply, indent=2) + "\n" if as_json else format_status(reply) + "\n"
             )
             return 0
         if args.command == "door":
-            if args.duration is not None and args.action != "pulse":
-                raise _Usage("--duration applies to pulse only")
             req: dict[str, Any] = {"action": args.action, "door": args.name}
             if args.duration is not None:
                 req["duration_s"] = args.duration
@@ -694,7 +980,10 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
                     "confirmed" if result["confirmed"] else f"NOT confirmed: {result['error']}"
                 )
                 out.write(
-                    f"{result['door']}: {result['action']} {verdict}; now {result['phase']}\n"
+                    _printable(
+                        f"{result['door']}: {result['action']} {verdict}; now {result['phase']}"
+                    )
+                    + "\n"
                 )
             return 0 if result["confirmed"] else EXIT_FAILED
         if args.command in ("cardholder", "credential", "access-level", "reader"):
@@ -702,23 +991,34 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         if args.command in ("lockdown", "threat-level", "fire", "incident"):
             return _lockdown(args, client, out)
         if args.command == "events":
-            if not 1 <= args.limit <= 10_000:
-                raise _Usage("--limit must be between 1 and 10000")
             req = {"limit": args.limit}
             if args.after is not None:
                 req["after"] = args.after
             if args.follow:
-                for msg in client.stream("events", follow=True, **req):
-                    event = msg.get("event")
-                    if event is not None:
-                        out.write((json.dumps(event) if as_json else format_event(event)) + "\n")
-                        out.flush()
-                return 0
+                return _follow(client, req, out, as_json)
             events = client.call("events", **req)["events"]
             for event in events:
                 out.write((json.dumps(event) if as_json else format_event(event)) + "\n")
             return 0
     raise _Usage(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _follow(client: ControlClient, req: dict[str, Any], out: TextIO, as_json: bool) -> int:
+    """``events --follow``: print entries until the daemon ends the stream (0) or reports an
+    error on it (1, the error on stderr)."""
+    for msg in client.stream("events", follow=True, **req):
+        if msg.get("ok") is False:
+            out.flush()
+            error = _printable(str(msg.get("error") or "the event stream failed"))
+            print(f"wardctl: events: {error}", file=sys.stderr)
+            return EXIT_FAILED
+        event = msg.get("event")
+        if event is not None:
+            if not isinstance(event, dict):
+                raise client.unexpected()
+            out.write((json.dumps(event) if as_json else format_event(event)) + "\n")
+            out.flush()
+    return 0
 
 
 class _Usage(Exception):
@@ -733,20 +1033,31 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return _run(args, out or sys.stdout)
     except _Usage as exc:
         parser.print_usage(sys.stderr)
-        print(f"wardctl: error: {exc}", file=sys.stderr)
+        print(f"wardctl: error: {_printable(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    except _LocalFileError as exc:
+        print(f"wardctl: {_printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except DaemonNotRunningError as exc:
-        print(f"wardctl: {exc}", file=sys.stderr)
+        print(f"wardctl: {_printable(str(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except CommandError as exc:
-        print(f"wardctl: {exc}", file=sys.stderr)
+        print(f"wardctl: {_printable(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    except (KeyError, TypeError, AttributeError, IndexError):
+        # a reply of the wrong shape: whatever answers on the socket is not the daemon
+        socket = _printable(str(_socket(args)))
+        print(
+            f"wardctl: unexpected reply from {socket} (not a warding control socket?)",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
     except (OSError, ValueError) as exc:
-        print(f"wardctl: lost the daemon connection: {exc}", file=sys.stderr)
+        print(f"wardctl: lost the daemon connection: {_printable(str(exc))}", file=sys.stderr)
         return EXIT_UNREACHABLE
 
 

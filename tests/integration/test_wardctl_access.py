@@ -409,8 +409,14 @@ async def test_credential_add_in_every_syntax_lists_masked_cards_only(rig: Rig) 
     paged = (await rig.ok("credential", "list", "--cardholder", str(bob), "--limit", "2")).lines
     assert paged[-1] == f"(first 2 shown; the next page: --after {uid['id']})"
     assert "--after" not in (await rig.ok("credential", "list", "--cardholder", str(bob))).stdout
-    error = await rig.refused("credential", "list", "--limit", "0")
-    assert error == "wardctl: limit must be between 1 and 100000 (got 0)", error
+    # a bad --limit is a usage error found before anything is sent (exit 2), not a refusal
+    for limit in ("0", "100001"):
+        res = await rig.ctl("credential", "list", "--limit", limit)
+        assert res.rc == 2, res
+        assert res.err_lines[-1] == (
+            "wardctl credential list: error: argument --limit: "
+            f"must be between 1 and 100000 (got {limit})"
+        ), res
 
     assert await rig.reason("h10301:12:345") == "granted"
     assert await rig.reason("uid:045E6F7A") == "granted"
@@ -691,7 +697,10 @@ async def test_export_has_a_header_masked_cards_and_a_row_per_credential(rig: Ri
 )
 async def test_daemon_not_running_exits_3(tmp_path: Path, args: list[str]) -> None:
     absent = tmp_path / "absent.sock"
-    res = await run_wardctl(absent, args, stdin="")
+    people = tmp_path / "people.csv"  # a readable import file: only the daemon is missing
+    people.write_text("name,card\nAda,h10301:1:1\n", encoding="utf-8")
+    args = [str(people) if a == "people.csv" else a for a in args]
+    res = await run_wardctl(absent, args, stdin="1234\n")  # a PIN for --pin-stdin
     assert res.rc == 3, res
     assert res.stdout == ""
     assert res.err_lines == [
