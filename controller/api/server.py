@@ -54,7 +54,7 @@ Dispatcher = Callable[[Request, Reply], Awaitable[None]]
 CLIENT_CLOSE_S = 0.5
 """At shutdown, how long a client connection may take to close before it is dropped."""
 
-MAX_CLIENTS = 64
+MAX_CLIENTS = 128
 """Connections served at once. Beyond them, up to as many again get one request each (so a
 technician's ``wardctl lockdown start`` always gets through idle or stuck connections), read
 within ONE_SHOT_READ_S; more still are told so and closed (file descriptors stay for boards)."""
