@@ -457,7 +457,8 @@ class Daemon:
         first = await self.journal.tail(limit) if after is None else []
         await reply(ok(req.id, following=True))
         last = after if after is not None else (first[0].seq - 1 if first else 0)
-        # aclosing: a client that hangs up (or a shutdown) ends the subscription at once
+        # aclosing: the subscription ends with this handler (a client that hung up is noticed
+        # at the next entry sent to it, a shutdown at once)
         async with contextlib.aclosing(self.journal.follow(last, page=limit)) as stream:
             async for entry in stream:
                 await reply({"event": entry.to_json()})

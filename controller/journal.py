@@ -42,12 +42,13 @@ import json
 import math
 import os
 import shutil
+import signal
 import sqlite3
 import struct
 import tempfile
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -604,7 +605,8 @@ def verify_journal(path: Path) -> VerifyReport:
         return VerifyReport(False, 0, None, "no such file")
     if not path.is_file():
         return VerifyReport(False, 0, None, "not a regular file")
-    uri = path.resolve().as_uri()
+    path = path.resolve()  # a symlink: the -wal and the lock are beside the real file
+    uri = path.as_uri()
     try:
         return _verify_uri(f"{uri}?mode=ro")
     except _ReadOnlyStorage as exc:
@@ -626,7 +628,8 @@ def verify_journal(path: Path) -> VerifyReport:
         if wal_size == 0:
             # nothing in a WAL to recover: the database file alone is the journal
             return _verify_uri(f"{uri}?mode=ro&immutable=1")
-        with tempfile.TemporaryDirectory(prefix="warding-verify-") as tmp:
+        # the copy holds the whole journal (card data): it must go even if we are stopped
+        with _signals_exit(), tempfile.TemporaryDirectory(prefix="warding-verify-") as tmp:
             copy = Path(tmp) / "journal.db"
             shutil.copyfile(path, copy)
             shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
@@ -635,6 +638,25 @@ def verify_journal(path: Path) -> VerifyReport:
         return VerifyReport(False, 0, None, f"not a readable journal: {exc}")
     except OSError as exc:
         return VerifyReport(False, 0, None, f"cannot read it: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def _signals_exit() -> Iterator[None]:
+    """Within the block, SIGTERM and SIGHUP raise SystemExit (so cleanup runs), main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        del frame
+        raise SystemExit(128 + signum)
+
+    saved = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _held_by_other_process(path: Path) -> bool:

@@ -7,10 +7,12 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import controller.journal as journal_mod
 from controller.errors import JournalCorruptError
 from controller.journal import (
     Journal,
@@ -251,6 +254,48 @@ def test_a_read_only_copy_with_committed_rows_in_its_wal_verifies_them_all(
         head,
     )
     assert sorted(p.name for p in archive.iterdir()) == ["journal.db", "journal.db-wal"]
+
+
+def test_a_read_only_journal_reached_by_a_symlink_verifies_its_wal_rows_too(
+    shared_dir: Path,
+) -> None:
+    live = shared_dir / "live" / "journal.db"
+    writer = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from controller.journal import Journal\n"
+        "j = Journal.open(Path(sys.argv[1]))\n"
+        "for i in range(7):\n"
+        "    j.append('door.state', door='d', data={'i': i})\n"
+        "os._exit(0)  # a crash: the rows stay in the WAL\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", writer, str(live)],
+        check=True,
+        timeout=60,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    (live.parent / "journal.db-shm").unlink(missing_ok=True)
+    link = shared_dir / "live" / "current.db"
+    link.symlink_to(live.name)  # -wal and lock are beside the real file, not the link
+    result = _verify_as_reader(link)
+    assert (result["ok"], result["rows"], result["head_seq"]) == (True, 7, 7)
+
+
+def test_a_stop_signal_during_a_private_copy_still_removes_it() -> None:
+    """SIGTERM/SIGHUP become SystemExit while the copy exists (so it is cleaned up)."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stopped_inside() -> None:
+        with journal_mod._signals_exit():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # (the signal arrives first)
+
+    with pytest.raises(SystemExit) as info:
+        stopped_inside()
+    assert info.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers put back
 
 
 def test_another_process_holding_the_journal_is_detected(tmp_path: Path) -> None:
