@@ -8,6 +8,7 @@ against the credential store and the cardholder's privileges.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,7 +50,14 @@ COMMANDS = (
 
 
 # bidi overrides and isolates, and the line/paragraph separators some viewers break lines at
-_BIDI = frozenset(range(0x2028, 0x202F)) | frozenset(range(0x2066, 0x206A))
+_BIDI = (
+    frozenset(range(0x2028, 0x202F))
+    | frozenset(range(0x2066, 0x206A))
+    | frozenset((0x200E, 0x200F, 0x061C))  # direction marks
+    | frozenset(range(0xD800, 0xE000))  # lone surrogates: not even encodable as UTF-8
+)
+REPLY_JOURNAL_WAIT_S = 2.0
+"""How long a lockdown command's answer waits for the journal to record it."""
 MAX_TEXT = 500
 """Longest reason, who or where kept (longer text is cut, never refused)."""
 
@@ -119,8 +127,12 @@ class LockdownApi:
 
     async def _submit(self, event: Any, reply: Reply, req: Request, **extra: Any) -> None:
         effects = await self.runner.submit(event)
-        # an acknowledged lockdown, all-clear or fire reset is on disk: state and records
-        await self.journal.flush()
+        # an acknowledged lockdown, all-clear or fire reset is on disk: state and records -
+        # unless the disk stalls: the answer must not wait on it (the doors already acted)
+        try:
+            await asyncio.wait_for(self.journal.flush(), REPLY_JOURNAL_WAIT_S)
+        except TimeoutError:
+            extra = {**extra, "warning": "done, but the journal has not recorded it yet"}
         refused = refusal(effects)
         if refused is not None:
             raise CommandError(refused)

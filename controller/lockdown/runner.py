@@ -322,7 +322,7 @@ class LockdownRunner:
         )
         releases = self._releases(before, self.state)
         self._record(effects)
-        if isinstance(event, StartLockdown):
+        if isinstance(event, StartLockdown) and not event.drill:
             self._relock_held_unlocks(event.scope, before)
         if self.state.threat_level != before.threat_level:
             for listener in self.level_listeners:

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import controller.api.lockdown_api as lockdown_api_mod
 import controller.lockdown.runner as runner_mod
 from controller.access.store import CredentialStore
 from controller.api.lockdown_api import MAX_TEXT, LockdownApi, clean_text
@@ -768,14 +769,11 @@ async def test_a_site_trigger_over_a_zone_lockdown_relocks_its_override_unlocks(
 @given(text=st.text())
 def test_clean_text_leaves_no_control_or_bidi_character(text: str) -> None:
     out = clean_text(text)
-    assert not any(
-        ord(c) < 32
-        or 127 <= ord(c) < 160
-        or 0x202A <= ord(c) <= 0x202E
-        or 0x2066 <= ord(c) <= 0x2069
-        for c in out
-    )
-    if all(c.isprintable() and c not in "\u202a\u202b\u202c\u202d\u202e" for c in text):
+    unsafe = {*range(32), *range(127, 160), *range(0x2028, 0x202F), *range(0x2066, 0x206A)}
+    unsafe |= {0x200E, 0x200F, 0x061C, *range(0xD800, 0xE000)}  # marks, lone surrogates
+    assert not any(ord(c) in unsafe for c in out)
+    out.encode("utf-8")  # always encodable, whatever came in
+    if not any(ord(c) in unsafe for c in text):
         assert out == text[:MAX_TEXT]  # clean text is kept as it is
 
 
@@ -796,3 +794,39 @@ async def test_a_lockdown_reason_with_control_characters_is_kept_safe_not_refuse
     (trigger,) = rig.recorder.data("lockdown.trigger")
     assert trigger["reason"] == "intruder\\n999999 door.command tcp1-d0 action=unlock \\x1b[2J"
     await rig.runner.close()
+
+
+class _Stalled:
+    """A journal whose disk has stalled: its commit never completes."""
+
+    async def flush(self) -> None:
+        await asyncio.sleep(3600)
+
+
+async def test_a_stalled_journal_never_holds_up_a_lockdown_answer(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lockdown_api_mod, "REPLY_JOURNAL_WAIT_S", 0.05)
+    api = LockdownApi(rig.runner, None, _Stalled(), frozenset({"north", "east"}))  # type: ignore[arg-type]
+    replies: list[dict[str, Any]] = []
+
+    async def reply(obj: dict[str, Any]) -> None:
+        replies.append(obj)
+
+    PEER.set("op(pid 1)")
+    await asyncio.wait_for(api.handle(Request("lockdown.start", {"reason": "shots"}), reply), 5)
+    assert replies[-1]["ok"] is True
+    assert "journal has not recorded it yet" in replies[-1]["warning"]
+    assert rig.runner.held("east")
+    await rig.runner.close()
+
+
+async def test_a_drill_never_relocks_a_door_a_responder_holds_open(rig: Rig) -> None:
+    await rig.runner.submit(StartLockdown(SITE, PANIC, 1000.0))
+    await rig.until(lambda: confirmed(rig))
+    result = await rig.doors.command("east", "unlock", override=True, source="wardctl (override)")
+    assert result.confirmed, result
+    await rig.runner.submit(StartLockdown("east", OPERATOR, 1001.0, drill=True))
+    await rig.run_for(0.1)
+    assert rig.doors.state("east").intent.value == "unlocked"
+    assert rig.recorder.data("door.command", source="lockdown: new trigger") == []
