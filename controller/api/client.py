@@ -75,8 +75,13 @@ class ControlClient:
         )
 
     def send(self, cmd: str, **args: Any) -> None:
-        """Send one request."""
-        self._sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        """Send one request (DaemonNotRunningError if the daemon has closed the connection)."""
+        try:
+            self._sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        except OSError as exc:  # a broken pipe here is the daemon's side, never stdout's
+            raise DaemonNotRunningError(
+                f"lost the daemon connection: {exc.strerror or exc}"
+            ) from None
 
     def _line(self) -> bytes:
         try:
@@ -84,6 +89,10 @@ class ControlClient:
         except TimeoutError:
             raise DaemonNotRunningError(
                 f"no reply from {self.path} within {self.timeout_s:g}s"
+            ) from None
+        except OSError as exc:  # (a reset connection)
+            raise DaemonNotRunningError(
+                f"lost the daemon connection: {exc.strerror or exc}"
             ) from None
 
     def _decode(self, line: bytes) -> dict[str, Any]:

@@ -477,8 +477,11 @@ def _check_out_file(path: Path) -> None:
 
 
 def _write_out_file(path: Path, text: str) -> None:
-    """Write ``path``: atomically (mode 0640) unless it is a symlink or a special file."""
-    if path.is_symlink() or (path.exists() and not path.is_file()):
+    """Write ``path``: atomically (mode 0640), through a symlink to its target; a special
+    file (a FIFO, /dev/stdout) in place."""
+    if path.is_symlink():
+        path = path.resolve()  # the file it names gets the same care as any other
+    if path.exists() and not path.is_file():
         try:
             with path.open("w", encoding="utf-8", newline="\n") as f:
                 f.write(text)
@@ -651,7 +654,7 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             for msg in _until_done(client.stream("credential.export"), "export"):
                 chunks.append(str(msg.get("data", "")))
             text = "".join(chunks)
-            if args.file is None:
+            if args.file is None or str(args.file) == "-":
                 out.write(text)
             else:  # checked before anything was sent (_prepare); written once all arrived
                 _write_out_file(args.file, text)
@@ -947,7 +950,8 @@ def _prepare(args: argparse.Namespace) -> None:
         args.pin = _read_pin(args)
     if args.command == "credential" and args.action == "import":
         args.import_data = _read_import(args.file)
-    if args.command == "credential" and args.action == "export" and args.file is not None:
+    exporting = args.command == "credential" and args.action == "export"
+    if exporting and args.file not in (None, Path("-")):  # ("-": stdout, as without FILE)
         _check_out_file(args.file)
     if args.command == "incident" and args.action == "report" and args.out is not None:
         _check_out_dir(args.out)

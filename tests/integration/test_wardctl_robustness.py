@@ -464,3 +464,20 @@ async def test_incident_report_out_is_private_and_atomic(
     assert res.rc == 0, res
     assert res.lines == [f"wrote {out / f'incident-{incident}.md'}"]
     assert stat.S_IMODE((out / f"incident-{incident}.md").stat().st_mode) == 0o640
+
+
+async def test_a_connection_closed_mid_command_is_exit_3_not_silence(tmp_path: Path) -> None:
+    async def script(request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        send(writer, {"ok": True, "upload": "u1", "chunk_max": 1000, "id": request.get("id")})
+        await writer.drain()
+        writer.transport.abort()  # the daemon goes away after the first answer
+
+    people = tmp_path / "people.csv"
+    people.write_text("name,card\n" + "".join(f"P{i},h10301:9:{i}\n" for i in range(2000)))
+    sock = tmp_path / "c.sock"
+    async with fake_server(sock, script):
+        res = await run_wardctl("--socket", str(sock), "credential", "import", str(people))
+    assert res.rc == 3, res
+    _clean(res)
+    assert len(res.err_lines) == 1, res
+    assert "daemon" in res.err_lines[0], res
