@@ -331,6 +331,15 @@ async def test_format_event_escapes_control_and_bidi_characters() -> None:
     assert "del=\\x7f" in line
 
 
+async def test_a_lone_surrogate_is_escaped_so_the_line_can_be_printed() -> None:
+    line = format_event(
+        {"seq": 6, "ts": "2026-01-01T00:00:00Z", "kind": "lockdown.trigger",
+         "door": None, "data": {"reason": "shots fired \ud83d"}}
+    )  # fmt: skip
+    assert "reason=shots fired \\ud83d" in line
+    line.encode("utf-8")  # printable on a UTF-8 terminal: no UnicodeEncodeError
+
+
 async def test_format_status_escapes_cells() -> None:
     status = {
         "controller": "c\x1b]0;x\x07",
