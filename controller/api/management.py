@@ -565,9 +565,11 @@ class Management:
     async def _credential_export(self, req: Request, reply: Reply) -> None:
         self.upload_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.upload_dir / f"export-{secrets.token_hex(8)}.csv"
+        # answered at once: a large store takes longer to write out than a client waits for a
+        # first reply (an error meanwhile still reaches it, as an error line in the stream)
+        await reply(ok(req.id, streaming=True))
         try:
             await self._run(export_csv, self.store, path)
-            await reply(ok(req.id, streaming=True))
             with path.open("r", encoding="utf-8") as fh:  # streamed: memory stays flat
                 while chunk := await self._run(fh.read, UPLOAD_CHUNK_MAX // 2):
                     await reply({"data": chunk})

@@ -278,3 +278,26 @@ async def test_an_import_committing_at_shutdown_is_never_silent(
     assert imports[0]["committing"] is True
     assert imports[0]["committed"] is None
     assert "check the store" in imports[0]["error"]
+
+
+async def test_an_export_answers_before_it_has_written_the_store_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+    real_export = management.export_csv
+
+    def slow_export(*args: Any, **kw: Any) -> Any:
+        assert release.wait(10)  # a large store: longer than a client waits for a first reply
+        return real_export(*args, **kw)
+
+    monkeypatch.setattr(management, "export_csv", slow_export)
+    async with rig(tmp_path) as r, await ApiConnection.open(socket_of(r)) as conn:
+        r.enrol("Ann", "h10301:3:333", ("tcp1-d0",))
+        await conn.send("credential.export", id=1)
+        first = await conn.read(within=5)  # while the export is still being written
+        assert first == {"ok": True, "streaming": True, "id": 1}
+        release.set()
+        lines = []
+        while not (msg := await conn.read(within=10)).get("done"):
+            lines.append(msg["data"])
+        assert "Ann" in "".join(lines)
