@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import controller.api.management as management
+from controller.access import csvio
 from controller.access.csvio import import_csv
 from controller.access.store import BulkImport
 from controller.cli import wardctl
@@ -284,7 +285,7 @@ async def test_an_export_answers_before_it_has_written_the_store_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    real_export = management.export_csv
+    real_export = csvio.export_csv
 
     def slow_export(*args: Any, **kw: Any) -> Any:
         assert release.wait(10)  # a large store: longer than a client waits for a first reply
