@@ -1221,11 +1221,14 @@ def load_settings(path: Path | str | None = None) -> Settings:
         return parse_toml(demo_site_text(), f"<embedded {DEMO_SITE_RESOURCE}>")
     name = str(path)
     try:
-        # O_NONBLOCK: a FIFO with no writer must not hang the check; only a file is read
+        # O_NONBLOCK: opening a FIFO with no writer must not hang; a file or a pipe is read
+        # (``<(...)``, /dev/stdin), a device never
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ConfigError([Problem("", "not a regular file", name)])
+            mode = os.fstat(fh.fileno()).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+                raise ConfigError([Problem("", "not a regular file or a pipe", name)])
+            os.set_blocking(fd, True)  # (a FIFO with no writer reads as empty, at once)
             raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)

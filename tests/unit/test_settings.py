@@ -1322,13 +1322,30 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
     assert info.value.problems[0].message == "cannot read file: Is a directory"
 
 
-def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+def test_a_fifo_nobody_writes_to_is_empty_not_a_hang(tmp_path: Path) -> None:
     fifo = tmp_path / "site.toml"
-    os.mkfifo(fifo)  # nobody will ever write to it: reading would wait for ever
+    os.mkfifo(fifo)  # nobody will ever write to it: a blocking open would wait for ever
     with pytest.raises(ConfigError) as info:
         load_settings(fifo)
     assert_well_formed(info.value, str(fifo))
-    assert info.value.problems[0].message == "not a regular file"
+    assert info.value.problems[0].message.startswith("no settings")
+
+
+def test_a_pipe_is_read_like_a_file() -> None:
+    read, write = os.pipe()  # as <(cat site.toml) or ... | warding config check /dev/stdin
+    with os.fdopen(write, "wb") as w:
+        w.write(demo_site_text().encode())
+    try:
+        settings = load_settings(f"/dev/fd/{read}")
+    finally:
+        os.close(read)
+    assert settings.controller.id == "demo-hq"
+
+
+def test_a_device_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings("/dev/zero")
+    assert info.value.problems[0].message == "not a regular file or a pipe"
 
 
 def test_unreadable_file(tmp_path: Path) -> None:
