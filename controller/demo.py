@@ -100,6 +100,11 @@ def _start_reader_sims(settings: Settings, sims: list[Any]) -> dict[str, Any]:
     return by_reader
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception in a few words, never empty (a TimeoutError has no message)."""
+    return str(exc) or type(exc).__name__
+
+
 async def api_call(path: Path, cmd: str, **args: Any) -> dict[str, Any]:
     """One request/reply on the daemon's control socket (asyncio)."""
     reader, writer = await asyncio.open_unix_connection(str(path))
@@ -130,6 +135,7 @@ class Demo:
         self.last_seq = 0
         self.recent: list[str] = []
         self._last_status: tuple[Any, ...] | None = None
+        self.trouble = ""  # why the daemon did not answer the last poll ("" if it did)
 
     async def start_daemon(self) -> None:
         """Spawn ``warding run`` on the site file and wait for its control socket."""
@@ -251,16 +257,30 @@ class Demo:
         await asyncio.sleep(step)
         await self.sim(cmd="door", action="close", name=second)
 
+    async def events_or_trouble(self, *, say: bool = True) -> list[dict[str, Any]]:
+        """``new_events``; a daemon that is busy or refuses (too many connections, a stalled
+        disk) is asked again next time, never the end of the demo (``say``: once on stderr)."""
+        try:
+            events = await self.new_events()
+        except (WardingError, OSError, ValueError) as exc:  # (TimeoutError is an OSError)
+            trouble = _describe(exc)
+            if say and trouble != self.trouble:
+                print(f"warding demo: daemon not answering ({trouble}); retrying", file=sys.stderr)
+            self.trouble = trouble
+            return []
+        self.trouble = ""
+        return events
+
     async def headless(self, duration_s: float, script: bool) -> None:
         """Print events as lines for ``duration_s`` seconds."""
         task = asyncio.create_task(self.script()) if script else None
         deadline = time.monotonic() + duration_s
         try:
             while time.monotonic() < deadline:
-                for e in await self.new_events():
+                for e in await self.events_or_trouble():
                     print(format_event(e), flush=True)
                 await asyncio.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-            for e in await self.new_events():
+            for e in await self.events_or_trouble():
                 print(format_event(e), flush=True)
         finally:
             if task is not None:
@@ -270,9 +290,13 @@ class Demo:
 
     async def live(self) -> None:
         """Redraw status and recent events until Ctrl-C."""
+        status: dict[str, Any] = {}
         while True:
-            status = await api_call(self.socket, "status")
-            for e in await self.new_events():
+            try:
+                status = await api_call(self.socket, "status")
+            except (WardingError, OSError, ValueError) as exc:
+                self.trouble = _describe(exc)  # shown on the screen; the last status stays
+            for e in await self.events_or_trouble(say=False):  # (the screen says it)
                 if e.get("kind") == "lockdown.status":
                     d = e.get("data") or {}
                     key = (d.get("confirmed"), d.get("total"), d.get("failed"), d.get("propped"))
@@ -285,7 +309,8 @@ class Demo:
             screen = [
                 "\x1b[H\x1b[2J" + "warding demo - live view (Ctrl-C to stop)".center(width),
                 "",
-                format_status(status),
+                format_status(status) if status else "(waiting for the daemon)",
+                *([f"daemon not answering: {self.trouble}; retrying"] if self.trouble else []),
                 "",
                 "last events:",
                 *(line[:width] for line in self.recent),
@@ -418,7 +443,7 @@ def _run_locked(
     except asyncio.CancelledError:
         return 0
     except (OSError, WardingError) as exc:
-        print(f"warding demo: {exc}", file=sys.stderr)
+        print(f"warding demo: {_describe(exc)}", file=sys.stderr)
         return 1
     finally:
         loop.close()
