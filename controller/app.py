@@ -235,7 +235,10 @@ class Daemon:
                 await self._stop()
         except* WardingError as group:
             # one clear line for the user (e.g. the socket cannot be bound), not a group trace
-            raise group.exceptions[0] from None
+            first: BaseException = group.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):  # (a task group inside a task group)
+                first = first.exceptions[0]
+            raise first from None
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
