@@ -55,14 +55,14 @@ CLIENT_CLOSE_S = 0.5
 """At shutdown, how long a client connection may take to close before it is dropped."""
 
 MAX_CLIENTS = 128
-"""Connections served at once. Beyond them, up to as many again are served only while busy:
-each request must come within ONE_SHOT_READ_S of the last answer, or the connection is closed
-(so a technician's ``wardctl lockdown start`` always gets through idle or stuck connections,
-and a multi-request command such as an import still completes); more still are told so and
-closed (file descriptors stay for the boards)."""
+"""Connections served at once. Beyond them, up to as many again get one request each, read
+within ONE_SHOT_READ_S, then are closed: a technician's ``wardctl lockdown start`` always gets
+through idle or busy connections (a multi-request command such as an import may not: wardctl
+then says the connection was lost, exit 3); more still are told so and closed (file
+descriptors stay for the boards)."""
 
 ONE_SHOT_READ_S = 5.0
-"""How long a connection beyond MAX_CLIENTS may stay idle before it is closed."""
+"""How long a connection beyond MAX_CLIENTS may take to send its one request."""
 
 
 class ControlServer:
@@ -207,7 +207,7 @@ class ControlServer:
         try:
             while True:
                 try:
-                    if one_shot:  # beyond the limit: served only while it keeps asking
+                    if one_shot:  # beyond the limit: one request, promptly, then goodbye
                         left = deadline - asyncio.get_running_loop().time()
                         line = await asyncio.wait_for(reader.readuntil(b"\n"), max(0.0, left))
                     else:
@@ -236,7 +236,7 @@ class ControlServer:
                 except WardingError as exc:
                     await reply(error(str(exc), req.id))
                 if one_shot:
-                    deadline = asyncio.get_running_loop().time() + ONE_SHOT_READ_S
+                    break  # (served again, a spare slot could be held for ever)
         except ConnectionError:
             pass
         except asyncio.CancelledError:
