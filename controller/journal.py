@@ -651,7 +651,9 @@ def _signals_exit() -> Iterator[None]:
         del frame
         raise SystemExit(128 + signum)
 
-    saved = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # a signal that is ignored (nohup) stays ignored
+    signals = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) != signal.SIG_IGN]
+    saved = {sig: signal.signal(sig, leave) for sig in signals}
     try:
         yield
     finally:

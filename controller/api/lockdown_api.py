@@ -132,7 +132,9 @@ class LockdownApi:
         try:
             await asyncio.wait_for(self.journal.flush(), REPLY_JOURNAL_WAIT_S)
         except TimeoutError:
-            extra = {**extra, "warning": "done, but the journal has not recorded it yet"}
+            late = "done, but the journal has not recorded it yet"
+            earlier = extra.get("warning")  # (e.g. a threat level that was not changed)
+            extra = {**extra, "warning": f"{earlier}; {late}" if earlier else late}
         refused = refusal(effects)
         if refused is not None:
             raise CommandError(refused)

@@ -298,6 +298,17 @@ def test_a_stop_signal_during_a_private_copy_still_removes_it() -> None:
     assert signal.getsignal(signal.SIGTERM) == before  # handlers put back
 
 
+def test_an_ignored_hang_up_stays_ignored_during_a_private_copy() -> None:
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+    try:
+        with journal_mod._signals_exit():
+            os.kill(os.getpid(), signal.SIGHUP)  # ignored: no SystemExit
+            time.sleep(0.05)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
 def test_another_process_holding_the_journal_is_detected(tmp_path: Path) -> None:
     db = tmp_path / "journal.db"
     Journal.open(db).close()

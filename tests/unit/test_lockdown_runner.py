@@ -830,3 +830,21 @@ async def test_a_drill_never_relocks_a_door_a_responder_holds_open(rig: Rig) -> 
     await rig.run_for(0.1)
     assert rig.doors.state("east").intent.value == "unlocked"
     assert rig.recorder.data("door.command", source="lockdown: new trigger") == []
+
+
+async def test_a_stalled_journal_keeps_the_other_warning_too(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lockdown_api_mod, "REPLY_JOURNAL_WAIT_S", 0.05)
+    api = LockdownApi(rig.runner, None, _Stalled(), frozenset({"north", "east"}))  # type: ignore[arg-type]
+    replies: list[dict[str, Any]] = []
+
+    async def reply(obj: dict[str, Any]) -> None:
+        replies.append(obj)
+
+    PEER.set("op(pid 1)")
+    await api.handle(Request("lockdown.start", {"reason": "shots", "level": 9}), reply)
+    warning = replies[-1]["warning"]
+    assert "threat level must be 0..7" in warning
+    assert "journal has not recorded it yet" in warning
+    await rig.runner.close()
