@@ -257,12 +257,20 @@ class Demo:
         await asyncio.sleep(step)
         await self.sim(cmd="door", action="close", name=second)
 
+    def check_daemon(self) -> None:
+        """WardingError once the daemon process has exited: nothing left to wait for."""
+        if self.daemon is not None and self.daemon.returncode is not None:
+            raise WardingError(f"the daemon exited with status {self.daemon.returncode}")
+
     async def events_or_trouble(self, *, say: bool = True) -> list[dict[str, Any]]:
         """``new_events``; a daemon that is busy or refuses (too many connections, a stalled
-        disk) is asked again next time, never the end of the demo (``say``: once on stderr)."""
+        disk) is asked again next time (``say``: once on stderr); one that has exited ends
+        the demo (WardingError)."""
+        self.check_daemon()
         try:
             events = await self.new_events()
         except (WardingError, OSError, ValueError) as exc:  # (TimeoutError is an OSError)
+            self.check_daemon()
             trouble = _describe(exc)
             if say and trouble != self.trouble:
                 print(f"warding demo: daemon not answering ({trouble}); retrying", file=sys.stderr)
@@ -295,6 +303,7 @@ class Demo:
             try:
                 status = await api_call(self.socket, "status")
             except (WardingError, OSError, ValueError) as exc:
+                self.check_daemon()
                 self.trouble = _describe(exc)  # shown on the screen; the last status stays
             for e in await self.events_or_trouble(say=False):  # (the screen says it)
                 if e.get("kind") == "lockdown.status":

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from controller.demo import Demo
+from controller.errors import WardingError
 from controller.settings import load_settings
 
 
@@ -38,3 +39,12 @@ async def test_a_refusing_or_absent_daemon_is_retried_not_fatal(
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2  # each new kind of trouble said once, not at every poll
     assert all(line.startswith("warding demo: daemon not answering (") for line in err)
+
+
+async def test_a_daemon_that_has_exited_ends_the_demo(tmp_path: Path) -> None:
+    demo = Demo(load_settings(None), tmp_path / "site.toml", tmp_path)
+    demo.socket = tmp_path / "control.sock"
+    demo.daemon = await asyncio.create_subprocess_exec("sh", "-c", "exit 137")
+    await demo.daemon.wait()  # killed (say, kill -9): nothing will ever answer again
+    with pytest.raises(WardingError, match="the daemon exited with status 137"):
+        await demo.events_or_trouble()
