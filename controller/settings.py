@@ -19,8 +19,10 @@ import json
 import os
 import re
 import reprlib
+import select
 import stat
 import sys
+import time
 import tomllib
 import types
 import typing
@@ -1226,10 +1228,12 @@ def load_settings(path: Path | str | None = None) -> Settings:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         with os.fdopen(fd, "rb") as fh:
             mode = os.fstat(fh.fileno()).st_mode
-            if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            if stat.S_ISFIFO(mode):
+                raw = _read_pipe(fd, name)
+            elif stat.S_ISREG(mode):
+                raw = fh.read(MAX_FILE_BYTES + 1)
+            else:
                 raise ConfigError([Problem("", "not a regular file or a pipe", name)])
-            os.set_blocking(fd, True)  # (a FIFO with no writer reads as empty, at once)
-            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ConfigError([Problem("", f"cannot read file: {reason}", name)]) from None
@@ -1253,6 +1257,39 @@ def load_settings(path: Path | str | None = None) -> Settings:
             ]
         ) from None
     return parse_toml(text, name)
+
+
+PIPE_READ_S = 5.0
+"""How long a site file given as a pipe may take to arrive whole (end of file)."""
+
+
+def _read_pipe(fd: int, name: str) -> bytes:
+    """All of a pipe (``<(...)``, /dev/stdin) up to its end, within PIPE_READ_S; a writer
+    that never closes it is a ConfigError, never a hang."""
+    chunks: list[bytes] = []
+    size = 0
+    deadline = time.monotonic() + PIPE_READ_S
+    while True:
+        try:
+            chunk = os.read(fd, 65536)  # (no writer at all: end of file at once)
+        except BlockingIOError:  # a writer, nothing yet: wait for it, within the deadline
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([fd], [], [], max(0.0, left))
+            if not ready:
+                raise ConfigError(
+                    [Problem("", f"the pipe did not end within {PIPE_READ_S:g} s", name)]
+                ) from None
+            continue
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            break
+    raw = b"".join(chunks)
+    if not raw:
+        raise ConfigError([Problem("", "empty (a pipe nothing was written to)", name)])
+    return raw
 
 
 def demo_site_text() -> str:

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+import controller.settings as settings_mod
 from controller.access.model import DoorMode, Interval, Schedule
 from controller.errors import ConfigError, Problem
 from controller.settings import (
@@ -1328,7 +1329,22 @@ def test_a_fifo_nobody_writes_to_is_empty_not_a_hang(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(fifo)
     assert_well_formed(info.value, str(fifo))
-    assert info.value.problems[0].message.startswith("no settings")
+    assert info.value.problems[0].message == "empty (a pipe nothing was written to)"
+
+
+def test_a_pipe_whose_writer_never_closes_it_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settings_mod, "PIPE_READ_S", 0.2)
+    read, write = os.pipe()
+    os.write(write, b"[controller]\n")  # ... and the writer stays, never closing it
+    try:
+        with pytest.raises(ConfigError) as info:
+            load_settings(f"/dev/fd/{read}")
+    finally:
+        os.close(read)
+        os.close(write)
+    assert info.value.problems[0].message == "the pipe did not end within 0.2 s"
 
 
 def test_a_pipe_is_read_like_a_file() -> None:
