@@ -189,7 +189,7 @@ def _management_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     imp = crs.add_parser("import", help="import a CSV, all or nothing", parents=[common])
     imp.add_argument("file", type=Path)
     exp = crs.add_parser("export", help="export cardholders and masked cards", parents=[common])
-    exp.add_argument("file", type=Path, nargs="?", help="default: stdout")
+    exp.add_argument("file", nargs="?", help="default, or '-': stdout")
 
     lv = sub.add_parser("access-level", help="manage access levels", parents=[common])
     lvs = lv.add_subparsers(dest="action", metavar="ACTION")
@@ -451,44 +451,57 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _check_out_file(path: Path) -> None:
-    """_LocalFileError unless ``path`` can be written (checked before anything is sent)."""
+def _out_plan(path: Path) -> tuple[Path, bool]:
+    """Where to write the output file ``path`` and whether atomically; _LocalFileError if it
+    cannot be written (checked before anything is sent, and again when writing).
+
+    A file (or one to be made) is written atomically, mode 0640, through a symlink to its
+    target; a special file (a FIFO, /dev/stdout) in place, and so is an existing file in a
+    directory we may not write (its own mode is kept).
+    """
     try:
-        st = os.stat(path)
+        st = os.stat(path)  # (follows a symlink)
     except FileNotFoundError:
         st = None
     except OSError as exc:
         raise _LocalFileError(path, _reason(exc)) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise _LocalFileError(path, "Is a directory")
-    if st is not None and (path.is_symlink() or not stat.S_ISREG(st.st_mode)):
-        if not os.access(path, os.W_OK):  # written in place (e.g. /dev/stdout, a FIFO)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        if not os.access(path, os.W_OK):
             raise _LocalFileError(path, "Permission denied")
-        return
-    parent = path.parent
+        return path, False
+    target = path.resolve() if path.is_symlink() else path
+    parent = target.parent
     try:
         pst = os.stat(parent)
     except OSError as exc:
         raise _LocalFileError(path, _reason(exc)) from None
     if not stat.S_ISDIR(pst.st_mode):
         raise _LocalFileError(path, "Not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise _LocalFileError(path, "Permission denied")
+    if os.access(parent, os.W_OK | os.X_OK):
+        return target, True
+    if st is not None and os.access(path, os.W_OK):
+        return path, False
+    raise _LocalFileError(path, "Permission denied")
+
+
+def _check_out_file(path: Path) -> None:
+    """_LocalFileError unless ``path`` can be written (checked before anything is sent)."""
+    _out_plan(path)
 
 
 def _write_out_file(path: Path, text: str) -> None:
-    """Write ``path``: atomically (mode 0640), through a symlink to its target; a special
-    file (a FIFO, /dev/stdout) in place."""
-    if path.is_symlink():
-        path = path.resolve()  # the file it names gets the same care as any other
-    if path.exists() and not path.is_file():
-        try:
-            with path.open("w", encoding="utf-8", newline="\n") as f:
-                f.write(text)
-        except OSError as exc:
-            raise _LocalFileError(path, _reason(exc)) from None
+    """Write ``path`` as ``_out_plan`` says: atomically (mode 0640) or in place."""
+    target, atomic = _out_plan(path)
+    if atomic:
+        _write_atomic(target, text)
         return
-    _write_atomic(path, text)
+    try:
+        with target.open("w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    except OSError as exc:
+        raise _LocalFileError(path, _reason(exc)) from None
 
 
 def _read_pin(args: argparse.Namespace) -> str | None:
@@ -654,10 +667,10 @@ def _management(args: argparse.Namespace, client: ControlClient, out: TextIO) ->
             for msg in _until_done(client.stream("credential.export"), "export"):
                 chunks.append(str(msg.get("data", "")))
             text = "".join(chunks)
-            if args.file is None or str(args.file) == "-":
+            if args.file in (None, "-"):  # (the argument as typed: "./-" is a file)
                 out.write(text)
             else:  # checked before anything was sent (_prepare); written once all arrived
-                _write_out_file(args.file, text)
+                _write_out_file(Path(args.file), text)
         return 0
     if cmd == "access-level":
         if action == "add":
@@ -951,8 +964,8 @@ def _prepare(args: argparse.Namespace) -> None:
     if args.command == "credential" and args.action == "import":
         args.import_data = _read_import(args.file)
     exporting = args.command == "credential" and args.action == "export"
-    if exporting and args.file not in (None, Path("-")):  # ("-": stdout, as without FILE)
-        _check_out_file(args.file)
+    if exporting and args.file not in (None, "-"):  # ("-": stdout, as without FILE)
+        _check_out_file(Path(args.file))
     if args.command == "incident" and args.action == "report" and args.out is not None:
         _check_out_dir(args.out)
 

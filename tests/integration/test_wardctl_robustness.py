@@ -40,7 +40,11 @@ def _clean(res: Result) -> None:
 
 
 async def run_wardctl(
-    *args: str, stdin: bytes = b"", within: float = 20.0, env: dict[str, str] | None = None
+    *args: str,
+    stdin: bytes = b"",
+    within: float = 20.0,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Result:
     """``wardctl ARGS`` in a session of its own (no controlling terminal: getpass reads stdin)."""
     proc = await asyncio.create_subprocess_exec(
@@ -51,6 +55,7 @@ async def run_wardctl(
         stderr=asyncio.subprocess.PIPE,
         env=clean_env(env),
         start_new_session=True,
+        cwd=cwd,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(stdin), within)
@@ -490,3 +495,64 @@ async def test_a_connection_closed_mid_command_is_exit_3_not_silence(tmp_path: P
     _clean(res)
     assert len(res.err_lines) == 1, res
     assert "daemon" in res.err_lines[0], res
+
+
+async def _export_script(request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+    send(writer, {"ok": True, "streaming": True})
+    send(writer, {"data": "name,card\nAnn,****3333\n"})
+    send(writer, {"done": True})
+
+
+async def test_export_to_a_special_file_through_a_symlink_is_written_in_place(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "e.sock"
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "stdout-like"
+    link.symlink_to(fifo)  # as /dev/stdout -> /proc/self/fd/1 -> a pipe
+    got: list[bytes] = []
+
+    def drain() -> None:
+        with fifo.open("rb") as f:
+            got.append(f.read())
+
+    reader = asyncio.get_running_loop().run_in_executor(None, drain)
+    async with fake_server(sock, _export_script):
+        res = await run_wardctl("--socket", str(sock), "credential", "export", str(link))
+    await asyncio.wait_for(reader, 10)
+    assert res.rc == 0, res
+    assert got == [b"name,card\nAnn,****3333\n"]
+    assert link.is_symlink()  # not replaced by a file
+
+
+async def test_export_through_a_dangling_symlink_makes_its_target_private(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "e.sock"
+    link = tmp_path / "people.csv"
+    link.symlink_to(tmp_path / "target.csv")
+    async with fake_server(sock, _export_script):
+        res = await run_wardctl("--socket", str(sock), "credential", "export", str(link))
+    assert res.rc == 0, res
+    target = tmp_path / "target.csv"
+    assert target.read_text() == "name,card\nAnn,****3333\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert link.is_symlink()
+
+
+async def test_export_to_dot_slash_dash_is_a_file_named_dash(tmp_path: Path) -> None:
+    sock = tmp_path / "e.sock"
+    async with fake_server(sock, _export_script):
+        res = await run_wardctl("--socket", str(sock), "credential", "export", "./-", cwd=tmp_path)
+    assert res.rc == 0, res
+    assert res.stdout == ""
+    assert (tmp_path / "-").read_text() == "name,card\nAnn,****3333\n"
+
+
+async def test_export_to_dev_stdout_writes_to_the_pipe(tmp_path: Path) -> None:
+    sock = tmp_path / "e.sock"
+    async with fake_server(sock, _export_script):  # stdout is a pipe here, as in `| cat`
+        res = await run_wardctl("--socket", str(sock), "credential", "export", "/dev/stdout")
+    assert res.rc == 0, res
+    assert res.stdout == "name,card\nAnn,****3333\n"
