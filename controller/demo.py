@@ -24,7 +24,13 @@ from typing import Any
 
 from controller.cli.wardctl import format_event, format_status
 from controller.errors import WardingError
-from controller.settings import Settings, demo_site_text, load_settings
+from controller.settings import (
+    Settings,
+    demo_site_text,
+    load_settings,
+    parse_site_bytes,
+    read_site_file,
+)
 
 SIM_SOCKET_NAME = "sim.sock"
 DEMO_LOCK_NAME = "demo.lock"  # held (flock) while a demo runs in its runtime directory
@@ -391,7 +397,12 @@ async def _serve(demo: Demo, runtime: Path, duration_s: float | None, script: bo
 
 def run_demo(config: Path | None, *, duration_s: float | None = None, script: bool = False) -> int:
     """Entry point of ``warding demo``."""
-    settings = load_settings(config)
+    if config is None:
+        site_text = demo_site_text().encode("utf-8")
+        settings = load_settings(None)
+    else:  # read once: the site may come through a pipe (--config <(...))
+        site_text = read_site_file(config)
+        settings = parse_site_bytes(site_text, str(config))
     runtime = settings.controller.socket.parent
     try:
         runtime.mkdir(parents=True, exist_ok=True)
@@ -400,7 +411,7 @@ def run_demo(config: Path | None, *, duration_s: float | None = None, script: bo
         print(f"warding demo: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_locked(config, settings, runtime, duration_s, script)
+        return _run_locked(site_text, settings, runtime, duration_s, script)
     finally:
         os.close(lock_fd)
 
@@ -427,7 +438,7 @@ def _lock_runtime(runtime: Path) -> int:
 
 
 def _run_locked(
-    config: Path | None,
+    site_text: bytes,
     settings: Settings,
     runtime: Path,
     duration_s: float | None,
@@ -435,10 +446,7 @@ def _run_locked(
 ) -> int:
     site_file = runtime / "site.toml"
     try:
-        if config is None:
-            site_file.write_text(demo_site_text(), encoding="utf-8")
-        else:
-            site_file.write_bytes(Path(config).read_bytes())
+        site_file.write_bytes(site_text)
     except OSError as exc:
         print(f"warding demo: cannot write {site_file}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -1221,6 +1221,11 @@ def load_settings(path: Path | str | None = None) -> Settings:
     """Load a site file; ``None`` loads the embedded demo site."""
     if path is None:
         return parse_toml(demo_site_text(), f"<embedded {DEMO_SITE_RESOURCE}>")
+    return parse_site_bytes(read_site_file(path), str(path))
+
+
+def read_site_file(path: Path | str) -> bytes:
+    """The bytes of a site file or pipe (read once: a pipe cannot be read twice); ConfigError."""
     name = str(path)
     try:
         # O_NONBLOCK: opening a FIFO with no writer must not hang; a file or a pipe is read
@@ -1241,6 +1246,11 @@ def load_settings(path: Path | str | None = None) -> Settings:
         raise ConfigError([Problem("", "cannot read file: invalid path", name)]) from None
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError([Problem("", f"file is larger than {MAX_FILE_BYTES // 2**20} MiB", name)])
+    return raw
+
+
+def parse_site_bytes(raw: bytes, name: str) -> Settings:
+    """Validate the bytes of a site file named ``name``; ConfigError listing every problem."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import socket
 import sqlite3
 from pathlib import Path
@@ -422,3 +423,15 @@ async def test_second_demo_leaves_the_running_demo_alone(tmp_path: Path) -> None
         except TimeoutError:
             first.kill()
             await first.communicate()
+
+
+async def test_the_demo_reads_its_site_from_a_pipe_once(tmp_path: Path) -> None:
+    runtime = tmp_path / "rt"
+    config = _private_demo_site(runtime)
+    demo = " ".join(shlex.quote(a) for a in [PYTHON, "-m", "controller.cli.warding", "demo"])
+    cmd = f"{demo} --config <(cat {shlex.quote(str(config))}) --duration 2"
+    res = await run(["bash", "-c", cmd], within=60, cwd=REPO)
+    assert res.rc == 0, res
+    # the daemon ran on the site that came through the pipe, not on an empty copy of it
+    assert (runtime / "site.toml").read_text(encoding="utf-8") == config.read_text("utf-8")
+    assert res.stdout.splitlines()[0].startswith("warding demo: 10 doors on 2 simulated boards")
