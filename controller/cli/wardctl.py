@@ -467,7 +467,9 @@ def _out_plan(path: Path) -> tuple[Path, bool]:
         raise _LocalFileError(path, _reason(exc)) from None
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise _LocalFileError(path, "Is a directory")
-    if st is not None and not stat.S_ISREG(st.st_mode):
+    if (st is not None and not stat.S_ISREG(st.st_mode)) or _through_proc(path):
+        # a special file, or an open file named through /proc (/dev/stdout redirected to a
+        # file): written in place, through the name as given
         if not os.access(path, os.W_OK):
             raise _LocalFileError(path, "Permission denied")
         return path, False
@@ -486,9 +488,35 @@ def _out_plan(path: Path) -> tuple[Path, bool]:
     raise _LocalFileError(path, "Permission denied")
 
 
+def _through_proc(path: Path) -> bool:
+    """Whether ``path`` names a file through /proc or /dev/fd (its link text is not a path
+    to write to: ``/proc/self/fd/1`` may read ``/tmp/out.csv (deleted)``)."""
+    hop = path
+    for _ in range(40):  # (the kernel's own limit on a chain of links)
+        if str(hop).startswith(("/proc/", "/dev/fd/")):
+            return True
+        if not hop.is_symlink():
+            return False
+        link = Path(os.readlink(hop))
+        hop = link if link.is_absolute() else hop.parent / link
+    return True
+
+
 def _check_out_file(path: Path) -> None:
     """_LocalFileError unless ``path`` can be written (checked before anything is sent)."""
     _out_plan(path)
+
+
+def _own_fd(path: Path) -> int | None:
+    """The descriptor of ours that ``path`` names (/dev/stdout, /dev/fd/N, /proc/self/fd/N)."""
+    text = str(path)
+    named = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    if text in named:
+        return named[text]
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if text.startswith(prefix) and text[len(prefix) :].isdigit():
+            return int(text[len(prefix) :])
+    return None
 
 
 def _write_out_file(path: Path, text: str) -> None:
@@ -497,7 +525,12 @@ def _write_out_file(path: Path, text: str) -> None:
     if atomic:
         _write_atomic(target, text)
         return
+    fd = _own_fd(path)
     try:
+        if fd is not None:  # through our own descriptor: at its offset, as a shell expects
+            with os.fdopen(os.dup(fd), "w", encoding="utf-8", newline="\n") as f:
+                f.write(text)
+            return
         with target.open("w", encoding="utf-8", newline="\n") as f:
             f.write(text)
     except OSError as exc:

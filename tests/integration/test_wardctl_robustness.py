@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable
@@ -556,3 +557,21 @@ async def test_export_to_dev_stdout_writes_to_the_pipe(tmp_path: Path) -> None:
         res = await run_wardctl("--socket", str(sock), "credential", "export", "/dev/stdout")
     assert res.rc == 0, res
     assert res.stdout == "name,card\nAnn,****3333\n"
+
+
+async def test_export_to_dev_stdout_redirected_to_a_file_writes_that_open_file(
+    tmp_path: Path,
+) -> None:
+    sock = tmp_path / "e.sock"
+    out = tmp_path / "group.txt"
+    script = (
+        f"{{ echo BEFORE; {' '.join(shlex.quote(a) for a in WARDCTL)} --socket "
+        f"{shlex.quote(str(sock))} credential export /dev/stdout; echo AFTER; }} "
+        f"> {shlex.quote(str(out))}"
+    )
+    async with fake_server(sock, _export_script):
+        proc = await asyncio.create_subprocess_exec("bash", "-c", script, env=clean_env(None))
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    # written in place into the file the shell opened: nothing before or after it lost
+    assert out.read_text() == "BEFORE\nname,card\nAnn,****3333\nAFTER\n"
+    assert os.listdir(tmp_path) == ["group.txt"]  # no stray copy beside it
