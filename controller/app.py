@@ -31,7 +31,7 @@ from controller.api.lockdown_api import COMMANDS as LOCKDOWN_COMMANDS
 from controller.api.lockdown_api import LockdownApi
 from controller.api.management import Management
 from controller.api.protocol import PROTOCOL_VERSION, ProtocolError, Request, arg, ok
-from controller.api.server import PEER, ControlServer, Reply
+from controller.api.server import PEER, SPARE, ControlServer, Reply
 from controller.doors.service import DoorService
 from controller.errors import CommandError, WardingError
 from controller.journal import CLOSE_GRACE_S as JOURNAL_GRACE_S
@@ -448,6 +448,12 @@ class Daemon:
         follow = arg(req, "follow", bool, required=False, default=False)
         if not 1 <= limit <= 10_000:
             raise CommandError("limit must be between 1 and 10000")
+        if follow and SPARE.get():
+            # a stream never ends: on a spare slot it would hold one of the slots kept for
+            # commands such as lockdown start
+            raise CommandError(
+                "too many control connections to follow events now; try again shortly"
+            )
         await self.journal.flush()  # a reader sees everything recorded before it asked
         if not follow:
             if after is None:

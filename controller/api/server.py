@@ -32,6 +32,9 @@ Reply = Callable[[dict[str, object]], Awaitable[None]]
 PEER: contextvars.ContextVar[str] = contextvars.ContextVar("PEER", default="unknown")
 """The OS user on the other end of the control socket (SO_PEERCRED), for attribution."""
 
+SPARE: contextvars.ContextVar[bool] = contextvars.ContextVar("SPARE", default=False)
+"""True on a connection served beyond MAX_CLIENTS (one request; no endless stream on it)."""
+
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
     sock = writer.get_extra_info("socket")
@@ -199,6 +202,7 @@ class ControlServer:
         self._one_shots += one_shot
         deadline = asyncio.get_running_loop().time() + ONE_SHOT_READ_S
         PEER.set(_peer_name(writer))
+        SPARE.set(one_shot)
 
         async def reply(obj: dict[str, object]) -> None:
             writer.write(encode(obj))

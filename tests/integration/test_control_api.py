@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from controller.api.server import MAX_CLIENTS
 from tests.integration.conftest import ApiConnection, Daemon, Site
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -194,4 +195,21 @@ async def test_follow_streams_new_events(shared_daemon: Daemon) -> None:
 async def test_events_after_out_of_range_is_an_error(shared_daemon: Daemon) -> None:
     async with await ApiConnection.open(shared_daemon.socket) as conn:
         await _error(conn, b'{"cmd": "events", "after": 18446744073709551616}\n')
+    await _alive(shared_daemon)
+
+
+async def test_no_endless_follow_on_a_spare_connection(shared_daemon: Daemon) -> None:
+    """Beyond MAX_CLIENTS a connection gets one request: never an endless follow on it."""
+    held = [await ApiConnection.open(shared_daemon.socket) for _ in range(MAX_CLIENTS)]
+    try:
+        await asyncio.sleep(0.1)
+        async with await ApiConnection.open(shared_daemon.socket) as conn:
+            reply = await conn.call("events", follow=True)
+        assert reply["ok"] is False, reply
+        assert "follow events now" in reply["error"]
+        async with await ApiConnection.open(shared_daemon.socket) as conn:
+            assert (await conn.call("status"))["ok"] is True  # a one-off still gets through
+    finally:
+        for conn in held:
+            conn.close()
     await _alive(shared_daemon)
