@@ -146,9 +146,11 @@ def test_wardctl_usage_errors_exit_2_with_a_message(
 # -- an import whose client goes away -----------------------------------------------------------
 
 
-async def test_an_import_finished_after_the_client_left_is_journaled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+PEOPLE = "name,card\n" + "".join(f"P{i},h10301:9:{i}\n" for i in range(50))
+
+
+def hold_imports(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make every import wait (in its thread) until the returned event is set."""
     release = threading.Event()
 
     def slow_import(*args: Any, **kw: Any) -> Any:
@@ -156,13 +158,25 @@ async def test_an_import_finished_after_the_client_left_is_journaled(
         return import_csv(*args, **kw)
 
     monkeypatch.setattr(management, "import_csv", slow_import)
+    return release
+
+
+async def start_import(r: Rig, data: str) -> ApiConnection:
+    """Upload ``data`` as people.csv and commit it; the connection, once it is streaming."""
+    conn = await ApiConnection.open(socket_of(r))
+    token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
+    assert (await conn.call("credential.import.chunk", upload=token, data=data))["ok"]
+    await conn.send("credential.import.commit", upload=token)
+    assert (await conn.read())["streaming"] is True
+    return conn
+
+
+async def test_an_import_finished_after_the_client_left_is_journaled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = hold_imports(monkeypatch)
     async with rig(tmp_path) as r:
-        conn = await ApiConnection.open(socket_of(r))
-        token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
-        data = "name,card\n" + "".join(f"P{i},h10301:9:{i}\n" for i in range(50))
-        assert (await conn.call("credential.import.chunk", upload=token, data=data))["ok"]
-        await conn.send("credential.import.commit", upload=token)
-        assert (await conn.read())["streaming"] is True
+        conn = await start_import(r, PEOPLE)
         conn.close()  # the operator hits Ctrl-C in wardctl
         await asyncio.sleep(0.2)  # the daemon notices the client is gone
         release.set()
@@ -177,19 +191,9 @@ async def test_an_import_finished_after_the_client_left_is_journaled(
 async def test_a_refused_import_after_the_client_left_is_journaled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release = threading.Event()
-
-    def slow_import(*args: Any, **kw: Any) -> Any:
-        assert release.wait(10)
-        return import_csv(*args, **kw)
-
-    monkeypatch.setattr(management, "import_csv", slow_import)
+    release = hold_imports(monkeypatch)
     async with rig(tmp_path) as r:
-        conn = await ApiConnection.open(socket_of(r))
-        token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
-        assert (await conn.call("credential.import.chunk", upload=token, data="badge\n1\n"))["ok"]
-        await conn.send("credential.import.commit", upload=token)
-        assert (await conn.read())["streaming"] is True
+        conn = await start_import(r, "badge\n1\n")
         conn.close()
         await asyncio.sleep(0.2)
         release.set()
@@ -210,25 +214,20 @@ def socket_of(r: Rig) -> Path:
     return r.daemon.settings.controller.socket
 
 
+def journaled_imports(journal_path: Path) -> list[dict[str, Any]]:
+    """The data of every admin.import record in the journal file (the daemon has stopped)."""
+    with Journal.open(journal_path) as journal:
+        return [dict(e.data) for e in journal.read(0, 10_000) if e.kind == "admin.import"]
+
+
 async def test_an_import_running_at_shutdown_is_called_off_and_journaled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    release = threading.Event()
-
-    def slow_import(*args: Any, **kw: Any) -> Any:
-        assert release.wait(10)
-        return import_csv(*args, **kw)
-
-    monkeypatch.setattr(management, "import_csv", slow_import)
+    release = hold_imports(monkeypatch)
     async with rig(tmp_path) as r:
         journal_path = r.daemon.settings.controller.journal
         db = r.daemon.settings.credentials_db
-        conn = await ApiConnection.open(socket_of(r))
-        token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
-        data = "name,card\n" + "".join(f"P{i},h10301:9:{i}\n" for i in range(50))
-        assert (await conn.call("credential.import.chunk", upload=token, data=data))["ok"]
-        await conn.send("credential.import.commit", upload=token)
-        assert (await conn.read())["streaming"] is True
+        conn = await start_import(r, PEOPLE)
         r.daemon.shutdown.set()  # systemctl stop, mid-import
         mgmt = r.daemon.management
         assert mgmt is not None
@@ -238,8 +237,7 @@ async def test_an_import_running_at_shutdown_is_called_off_and_journaled(
         assert writer is not None
         await wait_for(lambda: writer.closed, 10)
         conn.close()
-    with Journal.open(journal_path) as journal:
-        imports = [e.data for e in journal.read(0, 10_000) if e.kind == "admin.import"]
+    imports = journaled_imports(journal_path)
     assert len(imports) == 1
     assert imports[0]["committed"] is False
     assert "called off" in imports[0]["error"]
@@ -261,20 +259,14 @@ async def test_an_import_committing_at_shutdown_is_never_silent(
     monkeypatch.setattr(BulkImport, "commit", slow_commit)
     async with rig(tmp_path) as r:
         journal_path = r.daemon.settings.controller.journal
-        conn = await ApiConnection.open(socket_of(r))
-        token = (await conn.call("credential.import.begin", name="people.csv"))["upload"]
-        data = "name,card\n" + "".join(f"P{i},h10301:9:{i}\n" for i in range(50))
-        assert (await conn.call("credential.import.chunk", upload=token, data=data))["ok"]
-        await conn.send("credential.import.commit", upload=token)
-        assert (await conn.read())["streaming"] is True
+        conn = await start_import(r, PEOPLE)
         await wait_for(started.is_set)  # the commit is under way: it can't be called off
         r.daemon.shutdown.set()  # systemctl stop
         writer = r.daemon.journal
         assert writer is not None
         await wait_for(lambda: writer.closed, 10)
         conn.close()
-    with Journal.open(journal_path) as journal:
-        imports = [e.data for e in journal.read(0, 10_000) if e.kind == "admin.import"]
+    imports = journaled_imports(journal_path)
     assert len(imports) == 1, imports
     assert imports[0]["committing"] is True
     assert imports[0]["committed"] is None
