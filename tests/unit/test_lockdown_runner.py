@@ -573,10 +573,7 @@ async def test_fire_reset_is_refused_while_a_fire_input_cannot_be_read(tmp_path:
     await asyncio.sleep(0.01)
     assert r.doors.state("exit").released
     api = LockdownApi(r.runner, None, _Committed(), frozenset({"north", "east"}))  # type: ignore[arg-type]
-    replies: list[dict[str, Any]] = []
-
-    async def reply(obj: dict[str, Any]) -> None:
-        replies.append(obj)
+    replies = reply = _Replies()
 
     PEER.set("op(pid 1)")
     assert r.runner.status()["fire_inputs_unknown"] == ["fire-panel"]
@@ -713,6 +710,13 @@ async def test_a_new_trigger_relocks_doors_an_override_left_unlocked(rig: Rig) -
     assert rig.doors.state("exit").intent.value == "pulse"  # a responder's pulse runs out itself
 
 
+class _Replies(list[dict[str, Any]]):
+    """The API's replies in order; it is the reply function too."""
+
+    async def __call__(self, obj: dict[str, Any]) -> None:
+        self.append(obj)
+
+
 class _Committed:
     """The API's journal where only its commit (flush) is used: nothing to wait for."""
 
@@ -781,10 +785,7 @@ async def test_a_lockdown_reason_with_control_characters_is_kept_safe_not_refuse
     rig: Rig,
 ) -> None:
     api = LockdownApi(rig.runner, None, _Committed(), frozenset({"north", "east"}))  # type: ignore[arg-type]
-    replies: list[dict[str, Any]] = []
-
-    async def reply(obj: dict[str, Any]) -> None:
-        replies.append(obj)
+    replies = reply = _Replies()
 
     PEER.set("op(pid 1)")
     forged = "intruder\n999999 door.command tcp1-d0 action=unlock \x1b[2J"
@@ -803,15 +804,17 @@ class _Stalled:
         await asyncio.sleep(3600)
 
 
+def _stalled_api(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> LockdownApi:
+    """The lockdown API over a stalled journal, waiting for it only 50 ms."""
+    monkeypatch.setattr(lockdown_api_mod, "REPLY_JOURNAL_WAIT_S", 0.05)
+    return LockdownApi(rig.runner, None, _Stalled(), frozenset({"north", "east"}))  # type: ignore[arg-type]
+
+
 async def test_a_stalled_journal_never_holds_up_a_lockdown_answer(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lockdown_api_mod, "REPLY_JOURNAL_WAIT_S", 0.05)
-    api = LockdownApi(rig.runner, None, _Stalled(), frozenset({"north", "east"}))  # type: ignore[arg-type]
-    replies: list[dict[str, Any]] = []
-
-    async def reply(obj: dict[str, Any]) -> None:
-        replies.append(obj)
+    api = _stalled_api(rig, monkeypatch)
+    replies = reply = _Replies()
 
     PEER.set("op(pid 1)")
     await asyncio.wait_for(api.handle(Request("lockdown.start", {"reason": "shots"}), reply), 5)
@@ -835,12 +838,8 @@ async def test_a_drill_never_relocks_a_door_a_responder_holds_open(rig: Rig) -> 
 async def test_a_stalled_journal_keeps_the_other_warning_too(
     rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lockdown_api_mod, "REPLY_JOURNAL_WAIT_S", 0.05)
-    api = LockdownApi(rig.runner, None, _Stalled(), frozenset({"north", "east"}))  # type: ignore[arg-type]
-    replies: list[dict[str, Any]] = []
-
-    async def reply(obj: dict[str, Any]) -> None:
-        replies.append(obj)
+    api = _stalled_api(rig, monkeypatch)
+    replies = reply = _Replies()
 
     PEER.set("op(pid 1)")
     await api.handle(Request("lockdown.start", {"reason": "shots", "level": 9}), reply)
