@@ -72,6 +72,11 @@ async def site(tmp_path: Path, **kw: object) -> AsyncIterator[Site]:
     assert report.ok, report.reason
 
 
+def _door_entry(name: str, *lines: str) -> str:
+    """A ``[[doors]]`` entry to add to the test site."""
+    return "\n".join(["", "[[doors]]", f'name = "{name}"', *lines, ""])
+
+
 async def test_stuck_relay_faults_the_door_and_applies_fail_state(tmp_path: Path) -> None:
     async with site(tmp_path) as s:
         # tcp1-d0 is fail-secure on coil 0: a pulse must energise it; weld it open-circuit
@@ -302,16 +307,8 @@ async def test_a_command_that_needs_no_write_reports_the_relay_as_it_is(tmp_path
 
 
 async def test_a_stop_during_a_fire_keeps_the_released_exits_released(tmp_path: Path) -> None:
-    egress = "\n".join(
-        [
-            "",
-            "[[doors]]",
-            'name = "tcp1-exit"',
-            'lock = "fail-safe"',
-            "egress = true",
-            'relay = { board = "tcp1", coil = 4 }',
-            "",
-        ]
+    egress = _door_entry(
+        "tcp1-exit", 'lock = "fail-safe"', "egress = true", 'relay = { board = "tcp1", coil = 4 }'
     )
     async with site(tmp_path, extra_door=egress) as s:
         runner = s.daemon.lockdown
@@ -502,16 +499,11 @@ async def test_a_poll_never_ends_the_probe_of_a_welded_relay(tmp_path: Path) -> 
 
 
 async def test_a_door_whose_contact_board_is_away_is_a_fault_not_secured(tmp_path: Path) -> None:
-    dock = "\n".join(
-        [
-            "",
-            "[[doors]]",
-            'name = "dock"',
-            'lock = "fail-secure"',
-            'relay = { board = "tcp1", coil = 4 }',
-            'contact = { board = "rtu1", input = 10 }',
-            "",
-        ]
+    dock = _door_entry(
+        "dock",
+        'lock = "fail-secure"',
+        'relay = { board = "tcp1", coil = 4 }',
+        'contact = { board = "rtu1", input = 10 }',
     )
     async with site(tmp_path, extra_door=dock) as s:
         await wait_for(lambda: s.door("dock")["contact"] == "closed")
@@ -543,17 +535,12 @@ async def test_a_door_whose_contact_board_is_away_is_a_fault_not_secured(tmp_pat
 async def test_losing_the_rex_board_keeps_a_contact_read_on_the_relay_board(
     tmp_path: Path,
 ) -> None:
-    dock = "\n".join(
-        [
-            "",
-            "[[doors]]",
-            'name = "dock"',
-            'lock = "fail-secure"',
-            'relay = { board = "tcp1", coil = 4 }',
-            'contact = { board = "tcp1", input = 10 }',
-            'rex = { board = "rtu1", input = 11 }',
-            "",
-        ]
+    dock = _door_entry(
+        "dock",
+        'lock = "fail-secure"',
+        'relay = { board = "tcp1", coil = 4 }',
+        'contact = { board = "tcp1", input = 10 }',
+        'rex = { board = "rtu1", input = 11 }',
     )
     async with site(tmp_path, extra_door=dock) as s:
         await wait_for(lambda: s.door("dock")["contact"] == "closed")
