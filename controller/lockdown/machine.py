@@ -231,6 +231,15 @@ def _first_clear(
     return state, [rec, *more]
 
 
+def _window_expired(
+    state: SiteState, scope: str, st: ScopeState, now: float
+) -> tuple[SiteState, list[Effect], ScopeState]:
+    """The all-clear window ran out: back to lockdown, the auto-revert time from ``now``."""
+    back = replace(st, mode=Mode.LOCKDOWN, first_clear=None, clear_deadline=None, renewed_at=now)
+    state, effects = _enter(state, scope, st, back, reason="all-clear window expired")
+    return state, effects, back
+
+
 def _second_clear(
     state: SiteState, st: ScopeState, ev: AllClear, window: float
 ) -> tuple[SiteState, list[Effect]]:
@@ -239,14 +248,7 @@ def _second_clear(
         return state, eff
     if st.clear_deadline is not None and ev.now > st.clear_deadline:
         # the window ran out before a Tick noticed: this person starts a new window
-        expired = replace(
-            st,
-            mode=Mode.LOCKDOWN,
-            first_clear=None,
-            clear_deadline=None,
-            renewed_at=ev.now,
-        )
-        state, eff = _enter(state, ev.scope, st, expired, reason="all-clear window expired")
+        state, eff, expired = _window_expired(state, ev.scope, st, ev.now)
         state, more = _first_clear(state, expired, ev, window)
         return state, [*eff, *more]
     if ev.person == st.first_clear:
@@ -406,15 +408,7 @@ def _tick(state: SiteState, event: Tick) -> tuple[SiteState, list[Effect]]:
             and st.clear_deadline is not None
             and event.now > st.clear_deadline
         ):
-            # back to lockdown; the auto-revert time starts again from the expiry
-            back = replace(
-                st,
-                mode=Mode.LOCKDOWN,
-                first_clear=None,
-                clear_deadline=None,
-                renewed_at=event.now,
-            )
-            state, more = _enter(state, name, st, back, reason="all-clear window expired")
+            state, more, _ = _window_expired(state, name, st, event.now)
             effects += more
         elif (
             st.mode is Mode.LOCKDOWN
