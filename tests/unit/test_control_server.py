@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -88,34 +89,44 @@ async def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
         await server.close()
 
 
-async def test_beyond_the_limit_one_request_still_gets_through(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(server_mod, "ONE_SHOT_READ_S", 0.3)
+@contextlib.asynccontextmanager
+async def _full_server(tmp_path: Path) -> AsyncIterator[Path]:
+    """A serving ControlServer whose MAX_CLIENTS slots idle connections hold; its path."""
     path = tmp_path / "control.sock"
     server = ControlServer(path, _status)
     await server.start()
     serving = asyncio.create_task(server.serve())
     held: list[asyncio.StreamWriter] = []
-
-    async def call(req_id: int, requests: int = 1) -> dict[str, Any]:
-        reader, writer = await asyncio.open_unix_connection(str(path))
-        reply: dict[str, Any] = {}
-        for n in range(requests):
-            writer.write(json.dumps({"cmd": "status", "id": req_id + n}).encode() + b"\n")
-            reply = json.loads(await asyncio.wait_for(reader.readline(), 5))
-            assert reply["id"] == req_id + n
-        assert await asyncio.wait_for(reader.read(), 5) == b""  # one request, then closed
-        writer.close()
-        return reply
-
     try:
         for _ in range(MAX_CLIENTS):  # idle connections that never go away
             _, writer = await asyncio.open_unix_connection(str(path))
             held.append(writer)
         await asyncio.sleep(0.05)
+        yield path
+    finally:
+        for w in held:
+            w.close()
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        await server.close()
+
+
+async def test_beyond_the_limit_one_request_still_gets_through(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_mod, "ONE_SHOT_READ_S", 0.3)
+
+    async def call(path: Path, req_id: int) -> dict[str, Any]:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        writer.write(json.dumps({"cmd": "status", "id": req_id}).encode() + b"\n")
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), 5))
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # one request, then closed
+        writer.close()
+        return reply
+
+    async with _full_server(tmp_path) as path:
         # an operator's one-off command still gets through, answered then closed
-        assert (await call(7))["id"] == 7
+        assert (await call(path, 7))["id"] == 7
         # as many again that send nothing: held at most ONE_SHOT_READ_S, then closed
         silent = [await asyncio.open_unix_connection(str(path)) for _ in range(MAX_CLIENTS)]
         await asyncio.sleep(0.05)
@@ -128,37 +139,16 @@ async def test_beyond_the_limit_one_request_still_gets_through(
             assert await asyncio.wait_for(r.read(), 5) == b""  # timed out and closed
         for _, w in silent:
             w.close()
-        assert (await call(8))["id"] == 8  # a slot is free again
-    finally:
-        for w in held:
-            w.close()
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-        await server.close()
+        assert (await call(path, 8))["id"] == 8  # a slot is free again
 
 
 async def test_a_spare_connection_that_keeps_asking_is_still_closed_after_one(
     tmp_path: Path,
 ) -> None:
     """Polling clients must not hold the spare slots: a spare serves one request, always."""
-    path = tmp_path / "control.sock"
-    server = ControlServer(path, _status)
-    await server.start()
-    serving = asyncio.create_task(server.serve())
-    held: list[asyncio.StreamWriter] = []
-    try:
-        for _ in range(MAX_CLIENTS):
-            _, writer = await asyncio.open_unix_connection(str(path))
-            held.append(writer)
-        await asyncio.sleep(0.05)
+    async with _full_server(tmp_path) as path:
         reader, writer = await asyncio.open_unix_connection(str(path))
         writer.write(b'{"cmd":"status","id":1}\n{"cmd":"status","id":2}\n')
         assert json.loads(await asyncio.wait_for(reader.readline(), 5))["id"] == 1
         assert await asyncio.wait_for(reader.read(), 5) == b""  # the second is not served
         writer.close()
-    finally:
-        for w in held:
-            w.close()
-        serving.cancel()
-        await asyncio.gather(serving, return_exceptions=True)
-        await server.close()
